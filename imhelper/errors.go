@@ -1,0 +1,26 @@
+package imhelper
+
+import (
+	"errors"
+
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// Errors a caller may need to tell apart, for use with errors.Is.
+var (
+	// ErrInvalidClientID: empty, over 128 bytes, or with whitespace or
+	// control characters.
+	ErrInvalidClientID = wire.ErrBadClientID
+	// ErrInvalidChannel: a channel name breaking the clientId rules.
+	ErrInvalidChannel = wire.ErrBadChannel
+	// ErrMetaTooLarge: connection metadata over 4 KiB or not UTF-8.
+	ErrMetaTooLarge = wire.ErrMetaTooBig
+	// ErrPayloadTooLarge: a payload over Options.MaxPayload.
+	ErrPayloadTooLarge = wire.ErrTooBig
+	// ErrInvalidPayload: a payload that is not valid JSON.
+	ErrInvalidPayload = wire.ErrBadPayload
+	// ErrNoNodes: no imserver node has a live lease.
+	ErrNoNodes = errors.New("no live imserver node")
+	// ErrClosed: the Client was closed.
+	ErrClosed = errors.New("imhelper: client closed")
+)

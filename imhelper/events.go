@@ -1,0 +1,237 @@
+package imhelper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// Event is an online or offline transition of a client (its first socket
+// opened, or its last closed).
+type Event struct {
+	Type   string    // "online" or "offline"
+	Client string    // clientId
+	Node   string    // node the client was on
+	Meta   string    // metadata given to PrevConnectServer (empty for node_lost)
+	Conns  int       // sockets after the transition: 1 online, 0 offline
+	Time   time.Time // when the node saw it
+	// Reason of an offline event: closed, kicked, moved, drain, node_lost,
+	// slow or timeout.
+	Reason string
+	// StreamID is the Redis Stream entry id (ConsumeEvents only).
+	StreamID string
+}
+
+func toEvent(w wire.Event, streamID string) Event {
+	return Event{Type: w.Type, Client: w.Client, Node: w.Node, Meta: w.Meta, Conns: w.Conns,
+		Time: time.UnixMilli(w.TS), Reason: w.Reason, StreamID: streamID}
+}
+
+// EventBus calls onOnline and onOffline (either may be nil) for events
+// published on Redis pub/sub, in order, from one goroutine, until ctx ends;
+// then it returns ctx.Err(). It reconnects by itself. Delivery is at most
+// once: events published while it is not subscribed are not seen; use
+// ConsumeEvents for events that must not be lost.
+func (c *Client) EventBus(ctx context.Context, onOnline, onOffline func(Event)) error {
+	queue := make(chan wire.Event, 4096)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for e := range queue {
+			switch {
+			case e.Type == wire.EventOnline && onOnline != nil:
+				onOnline(toEvent(e, ""))
+			case e.Type == wire.EventOffline && onOffline != nil:
+				onOffline(toEvent(e, ""))
+			}
+		}
+	}()
+	defer func() { close(queue); <-done }()
+	backoff := 50 * time.Millisecond
+	for {
+		dc, release := c.rc.Dedicate()
+		err := dc.Receive(ctx, dc.B().Subscribe().Channel(c.names.EventChannel()).Build(), func(m rueidis.PubSubMessage) {
+			e, err := wire.DecodeEvent([]byte(m.Message))
+			if err != nil {
+				c.log.Warn("imhelper: ignored malformed event", "err", err)
+				return
+			}
+			select {
+			case queue <- e:
+			case <-ctx.Done():
+			}
+		})
+		release()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.log.Warn("imhelper: event subscription lost; resubscribing", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// ConsumeOptions tunes ConsumeEvents; zero values mean the defaults given.
+type ConsumeOptions struct {
+	// FromStart makes a new group read the whole stream; by default a new
+	// group starts with events after its creation.
+	FromStart bool
+	// Count is the most entries read at once. Default 100.
+	Count int64
+	// Block is how long one read waits for new entries. Default 2s.
+	Block time.Duration
+	// ClaimIdle: entries another consumer of the group has held unacknowledged
+	// this long are claimed (a consumer that died). Default 1 minute.
+	ClaimIdle time.Duration
+	// RetryDelay is the pause before a failed handler call is retried.
+	// Default 1s.
+	RetryDelay time.Duration
+}
+
+// ConsumeEvents reads events from the Redis Stream as consumer of group,
+// creating the group if needed, and calls handler for each in order. An
+// event is acknowledged (XACK) only after handler returns nil; an error
+// leaves it pending and it is retried. Entries left pending by an earlier run
+// of this consumer are handled first, so a consumer that restarts misses
+// nothing that was appended while it was away (within the stream's cap). It
+// returns when ctx ends.
+func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, handler func(context.Context, Event) error, opts ...ConsumeOptions) error {
+	var o ConsumeOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	if o.Count <= 0 {
+		o.Count = 100
+	}
+	if o.Block <= 0 {
+		o.Block = 2 * time.Second
+	}
+	if o.ClaimIdle <= 0 {
+		o.ClaimIdle = time.Minute
+	}
+	if o.RetryDelay <= 0 {
+		o.RetryDelay = time.Second
+	}
+	if group == "" || consumer == "" {
+		return errors.New("imhelper: ConsumeEvents needs a group and a consumer name")
+	}
+	stream := c.names.EventStream()
+	start := "$"
+	if o.FromStart {
+		start = "0"
+	}
+	createGroup := func() error {
+		err := c.rc.Do(ctx, c.rc.B().XgroupCreate().Key(stream).Group(group).Id(start).Mkstream().Build()).Error()
+		if err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
+			return fmt.Errorf("failed to create consumer group: %w", err)
+		}
+		return nil
+	}
+	if err := createGroup(); err != nil {
+		return err
+	}
+	pause := func(d time.Duration) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+			return nil
+		}
+	}
+	pendingFirst := true
+	lastClaim := time.Time{}
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var entries []rueidis.XRangeEntry
+		var err error
+		switch {
+		case pendingFirst:
+			// Our own unacknowledged entries, from a previous run or a failed handler.
+			entries, err = c.readGroup(ctx, stream, group, consumer, "0", o.Count, 0)
+			if err == nil && len(entries) == 0 {
+				pendingFirst = false
+				continue
+			}
+		case time.Since(lastClaim) > o.ClaimIdle/2:
+			lastClaim = time.Now()
+			entries, err = c.claim(ctx, stream, group, consumer, o)
+		default:
+			entries, err = c.readGroup(ctx, stream, group, consumer, ">", o.Count, o.Block)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if strings.Contains(err.Error(), "NOGROUP") { // the stream was lost, e.g. Redis restarted empty
+				if err := createGroup(); err != nil {
+					c.log.Warn("imhelper: recreating consumer group failed", "err", err)
+				}
+			} else {
+				c.log.Warn("imhelper: reading events failed", "err", err)
+			}
+			if err := pause(o.RetryDelay); err != nil {
+				return err
+			}
+			continue
+		}
+		for _, en := range entries {
+			e, derr := wire.DecodeEvent([]byte(en.FieldValues["e"]))
+			if derr == nil {
+				if herr := handler(ctx, toEvent(e, en.ID)); herr != nil {
+					c.log.Warn("imhelper: event handler failed; will retry", "id", en.ID, "err", herr)
+					pendingFirst = true
+					if err := pause(o.RetryDelay); err != nil {
+						return err
+					}
+					break
+				}
+			} else {
+				c.log.Warn("imhelper: dropping malformed event", "id", en.ID, "err", derr)
+			}
+			if err := c.rc.Do(ctx, c.rc.B().Xack().Key(stream).Group(group).Id(en.ID).Build()).Error(); err != nil && ctx.Err() == nil {
+				c.log.Warn("imhelper: XACK failed", "id", en.ID, "err", err)
+			}
+		}
+	}
+}
+
+func (c *Client) readGroup(ctx context.Context, stream, group, consumer, id string, count int64, block time.Duration) ([]rueidis.XRangeEntry, error) {
+	b := c.rc.B().Xreadgroup().Group(group, consumer).Count(count)
+	var cmd rueidis.Completed
+	if block > 0 {
+		cmd = b.Block(block.Milliseconds()).Streams().Key(stream).Id(id).Build()
+	} else {
+		cmd = b.Streams().Key(stream).Id(id).Build()
+	}
+	res, err := c.rc.Do(ctx, cmd).AsXRead()
+	if rueidis.IsRedisNil(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return res[stream], nil
+}
+
+// claim takes over entries that other consumers of the group left pending
+// for longer than ClaimIdle.
+func (c *Client) claim(ctx context.Context, stream, group, consumer string, o ConsumeOptions) ([]rueidis.XRangeEntry, error) {
+	res, err := c.rc.Do(ctx, c.rc.B().Xautoclaim().Key(stream).Group(group).Consumer(consumer).
+		MinIdleTime(fmt.Sprint(o.ClaimIdle.Milliseconds())).Start("0").Count(o.Count).Build()).ToArray()
+	if err != nil || len(res) < 2 {
+		return nil, err
+	}
+	return res[1].AsXRange()
+}

@@ -1,0 +1,170 @@
+package imserver
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// refuse answers a connection attempt before any upgrade with a short JSON
+// body and counts it by reason.
+func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
+	s.metrics.refusals.WithLabelValues(reason).Inc()
+	b, _ := json.Marshal(struct {
+		Error  string `json:"error"`
+		Reason string `json:"reason"`
+	}{msg, reason})
+	writeJSON(w, status, string(b))
+}
+
+// handleWS accepts a WebSocket. Cheap checks come first so that a refused
+// attempt never consumes a token it did not need to; the token is consumed
+// atomically and only by the node it was issued for.
+func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case s.draining.Load():
+		s.refuse(w, http.StatusServiceUnavailable, "draining", "node is shutting down")
+		return
+	case !s.originAllowed(r):
+		s.refuse(w, http.StatusForbidden, "origin", "origin not allowed")
+		return
+	case !isUpgrade(r):
+		s.refuse(w, http.StatusUpgradeRequired, "not_websocket", "WebSocket upgrade required")
+		return
+	}
+	token := r.URL.Query().Get("token")
+	if !wire.ValidToken(token) {
+		s.refuse(w, http.StatusUnauthorized, "bad_token", "missing or malformed token")
+		return
+	}
+	if s.cfg.MaxConns > 0 && s.connCount.Load() >= int64(s.cfg.MaxConns) {
+		s.refuse(w, http.StatusServiceUnavailable, "node_full", "node connection limit reached")
+		return
+	}
+	if !s.limiter.allow() {
+		s.refuse(w, http.StatusTooManyRequests, "rate", "connect rate limit reached")
+		return
+	}
+	rec, status := s.consumeToken(r.Context(), token)
+	switch status {
+	case tokenMissing:
+		s.refuse(w, http.StatusUnauthorized, "token", "token missing, expired or already used")
+		return
+	case tokenForeign:
+		s.refuse(w, http.StatusMisdirectedRequest, "foreign_token", "token was issued for another node")
+		return
+	case tokenRedisDown:
+		s.refuse(w, http.StatusServiceUnavailable, "redis", "redis unavailable")
+		return
+	}
+
+	mu := s.stripe(rec.Client)
+	mu.Lock()
+	if s.cfg.MaxConnsPerClient > 0 && s.hub.count(rec.Client) >= s.cfg.MaxConnsPerClient {
+		mu.Unlock()
+		s.refuse(w, http.StatusTooManyRequests, "client_limit", "too many connections for this client")
+		return
+	}
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		InsecureSkipVerify: true, // Origin was checked above, with a JSON 403
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		mu.Unlock()
+		s.metrics.refusals.WithLabelValues("handshake").Inc()
+		return
+	}
+	ws.SetReadLimit(s.cfg.ReadLimit)
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	cn := &conn{srv: s, ws: ws, ctx: ctx, lastPing: time.Now()}
+	s.conns.Add(1)
+	defer s.conns.Done()
+	s.attach(cn, rec)
+	mu.Unlock()
+
+	cn.readLoop()
+
+	_ = ws.CloseNow() // no-op if a close handshake already finished
+	reason := cn.offlineReason()
+	mu.Lock()
+	s.detach(cn, reason)
+	mu.Unlock()
+}
+
+const (
+	tokenOK = iota
+	tokenMissing
+	tokenForeign
+	tokenRedisDown
+)
+
+func (s *Server) consumeToken(ctx context.Context, token string) (wire.TokenRecord, int) {
+	var rec wire.TokenRecord
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+	defer cancel()
+	res, err := s.consumeScript.Exec(ctx, s.rc, []string{s.names.TokenKey(token)}, []string{s.cfg.NodeID}).ToArray()
+	if err != nil || len(res) == 0 {
+		s.metrics.redisErrs.Inc()
+		s.log.Warn("token lookup failed", "err", err)
+		return rec, tokenRedisDown
+	}
+	code, _ := res[0].AsInt64()
+	switch code {
+	case 1:
+		v, _ := res[1].ToString()
+		if json.Unmarshal([]byte(v), &rec) != nil || wire.ValidateClientID(rec.Client) != nil {
+			return rec, tokenMissing
+		}
+		return rec, tokenOK
+	case 2:
+		return rec, tokenForeign
+	default:
+		return rec, tokenMissing
+	}
+}
+
+func isUpgrade(r *http.Request) bool {
+	return headerHas(r.Header, "Connection", "upgrade") && headerHas(r.Header, "Upgrade", "websocket")
+}
+
+func headerHas(h http.Header, key, token string) bool {
+	for _, v := range h[key] {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// originAllowed accepts requests without an Origin (non-browser clients),
+// same-host origins, and origins whose host matches a configured pattern.
+func (s *Server) originAllowed(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, p := range s.cfg.OriginPatterns {
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(u.Host)); ok {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,53 @@
+// Command imserver runs one broker node. Every flag also reads an IM_*
+// environment variable; see docs/configuration.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/imbroker/imbroker/imserver"
+)
+
+func main() {
+	fs := flag.NewFlagSet("imserver", flag.ExitOnError)
+	drainTimeout := fs.Duration("drain-timeout", envDuration("IM_DRAIN_TIMEOUT", 30*time.Second), "upper bound of the graceful drain on SIGTERM")
+	cfg, err := imserver.ParseFlags(fs, os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	srv, err := imserver.New(cfg, nil, log)
+	if err != nil {
+		log.Error("invalid configuration", "err", err)
+		os.Exit(2)
+	}
+	if err := srv.Start(); err != nil {
+		log.Error("failed to start", "err", err)
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	<-ctx.Done()
+	stop()
+	dctx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(dctx); err != nil {
+		log.Warn("drain did not finish in time", "err", err)
+	}
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v := os.Getenv(name); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+	}
+	return def
+}

@@ -1,0 +1,206 @@
+package imserver
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// Config configures a node. The zero value of every field means the default
+// given in its comment; docs/configuration.md lists the same with the flag
+// and IM_* environment variable of each.
+type Config struct {
+	// Listen is the address of the WebSocket listener. Default ":6001".
+	Listen string
+	// AdminListen, if set, serves /healthz, /readyz and /metrics on a separate
+	// address; otherwise they are served on Listen.
+	AdminListen string
+	// PublicURL is the ws:// or wss:// URL of this node's WebSocket endpoint
+	// that browsers are given. Default ws://<Listen host, or 127.0.0.1>:<port>/ws.
+	PublicURL string
+	// NodeID names this node in Redis. Default "<hostname>-<port>", stable
+	// across restarts so that clients hash to the same node again.
+	NodeID string
+	// RedisURL is the Redis to use, e.g. redis://127.0.0.1:6379/0.
+	// Default redis://127.0.0.1:6379/0.
+	RedisURL string
+	// Prefix of every Redis key and channel. Default "im:".
+	Prefix string
+	// OriginPatterns are the allowed Origin host patterns (path.Match syntax,
+	// e.g. "*.example.com"). Empty allows only same-host requests and clients
+	// that send no Origin (non-browser clients).
+	OriginPatterns []string
+	// TLSCert and TLSKey, if both set, serve TLS directly.
+	TLSCert, TLSKey string
+
+	// LeaseTTL is how long the node's registry entry lives without refresh.
+	// Default 10s; refreshed every LeaseTTL/3.
+	LeaseTTL time.Duration
+	// PingInterval is how often each socket is pinged. Default 25s.
+	PingInterval time.Duration
+	// PongTimeout is how long a ping may go unanswered. Default 10s.
+	PongTimeout time.Duration
+	// WriteTimeout bounds one socket write. Default 10s.
+	WriteTimeout time.Duration
+	// MaxQueueBytes bounds a socket's outbound queue; a socket over it is
+	// closed with CloseSlowConsumer. Default 1 MiB.
+	MaxQueueBytes int
+	// ReadLimit is the largest client frame; larger closes with 1009.
+	// Default 4096.
+	ReadLimit int64
+	// MaxConns is the most sockets this node holds; more get HTTP 503.
+	// Default 0: unlimited.
+	MaxConns int
+	// MaxConnsPerClient is the most sockets one clientId may hold; more get
+	// HTTP 429. Default 0: unlimited.
+	MaxConnsPerClient int
+	// ConnectRate is the most new sockets per second; more get HTTP 429.
+	// Default 0: unlimited.
+	ConnectRate int
+	// MoveWindow spreads the closes of clients whose owner changed when the
+	// set of nodes changes. Default 10s.
+	MoveWindow time.Duration
+	// DrainWindow spreads the 1001 closes at shutdown. Default 5s.
+	DrainWindow time.Duration
+	// ProbeInterval is how often the node checks its own subscription by
+	// publishing a probe to itself. Default 5s.
+	ProbeInterval time.Duration
+	// EventStreamMaxLen caps the event stream (approximately). Default 100000.
+	EventStreamMaxLen int
+	// RedisTimeout bounds one Redis command. Default 3s.
+	RedisTimeout time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	if c.Listen == "" {
+		c.Listen = ":6001"
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("invalid listen address %q: %w", c.Listen, err)
+	}
+	if c.PublicURL != "" && !strings.HasPrefix(c.PublicURL, "ws://") && !strings.HasPrefix(c.PublicURL, "wss://") {
+		return fmt.Errorf("public URL %q must start with ws:// or wss://", c.PublicURL)
+	}
+	if c.NodeID != "" {
+		if err := wire.ValidateClientID(c.NodeID); err != nil {
+			return fmt.Errorf("invalid node id %q: %w", c.NodeID, err)
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("TLS needs both a cert and a key file")
+	}
+	if c.RedisURL == "" {
+		c.RedisURL = "redis://127.0.0.1:6379/0"
+	}
+	if c.Prefix == "" {
+		c.Prefix = wire.DefaultPrefix
+	}
+	setDur(&c.LeaseTTL, 10*time.Second)
+	setDur(&c.PingInterval, 25*time.Second)
+	setDur(&c.PongTimeout, 10*time.Second)
+	setDur(&c.WriteTimeout, 10*time.Second)
+	setDur(&c.MoveWindow, 10*time.Second)
+	setDur(&c.DrainWindow, 5*time.Second)
+	setDur(&c.ProbeInterval, 5*time.Second)
+	setDur(&c.RedisTimeout, 3*time.Second)
+	if c.MaxQueueBytes <= 0 {
+		c.MaxQueueBytes = 1 << 20
+	}
+	if c.ReadLimit <= 0 {
+		c.ReadLimit = 4096
+	}
+	if c.EventStreamMaxLen <= 0 {
+		c.EventStreamMaxLen = 100000
+	}
+	return nil
+}
+
+func setDur(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
+}
+
+// ParseFlags fills a Config from args, with one flag per field. Each flag's
+// default is taken from the IM_* environment variable of the same name (upper
+// case, dashes as underscores), so flags win over the environment.
+func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
+	c := &Config{}
+	str := func(p *string, name, usage string) { fs.StringVar(p, name, env(name, *p), usage) }
+	dur := func(p *time.Duration, name, usage string) {
+		d := *p
+		if v := env(name, ""); v != "" {
+			if x, err := time.ParseDuration(v); err == nil {
+				d = x
+			}
+		}
+		fs.DurationVar(p, name, d, usage)
+	}
+	num := func(p *int, name, usage string) {
+		n := *p
+		if v := env(name, ""); v != "" {
+			if x, err := strconv.Atoi(v); err == nil {
+				n = x
+			}
+		}
+		fs.IntVar(p, name, n, usage)
+	}
+	str(&c.Listen, "listen", "WebSocket listen address (default :6001)")
+	str(&c.AdminListen, "admin-listen", "separate address for /healthz, /readyz, /metrics (default: on -listen)")
+	str(&c.PublicURL, "public-url", "ws(s):// URL browsers use to reach this node's /ws (default derived from -listen)")
+	str(&c.NodeID, "node-id", "node id in Redis (default <hostname>-<port>)")
+	str(&c.RedisURL, "redis-url", "Redis URL (default redis://127.0.0.1:6379/0)")
+	str(&c.Prefix, "prefix", "prefix of Redis keys and channels (default im:)")
+	origins := env("origins", "")
+	fs.Func("origins", "comma-separated allowed Origin host patterns, e.g. *.example.com", func(s string) error {
+		origins = s
+		return nil
+	})
+	str(&c.TLSCert, "tls-cert", "TLS certificate file")
+	str(&c.TLSKey, "tls-key", "TLS key file")
+	dur(&c.LeaseTTL, "lease-ttl", "registry lease (default 10s)")
+	dur(&c.PingInterval, "ping-interval", "ping interval (default 25s)")
+	dur(&c.PongTimeout, "pong-timeout", "pong timeout (default 10s)")
+	dur(&c.WriteTimeout, "write-timeout", "socket write timeout (default 10s)")
+	num(&c.MaxQueueBytes, "max-queue-bytes", "outbound queue bound per socket (default 1048576)")
+	readLimit := int(c.ReadLimit)
+	num(&readLimit, "read-limit", "largest client frame in bytes (default 4096)")
+	num(&c.MaxConns, "max-conns", "sockets per node, 0 = unlimited")
+	num(&c.MaxConnsPerClient, "max-conns-per-client", "sockets per clientId, 0 = unlimited")
+	num(&c.ConnectRate, "connect-rate", "new sockets per second, 0 = unlimited")
+	dur(&c.MoveWindow, "move-window", "window over which moved clients are closed (default 10s)")
+	dur(&c.DrainWindow, "drain-window", "window over which sockets are closed at shutdown (default 5s)")
+	dur(&c.ProbeInterval, "probe-interval", "pub/sub self-probe interval (default 5s)")
+	num(&c.EventStreamMaxLen, "event-stream-maxlen", "approximate event stream cap (default 100000)")
+	dur(&c.RedisTimeout, "redis-timeout", "timeout of one Redis command (default 3s)")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	c.ReadLimit = int64(readLimit)
+	c.OriginPatterns = splitList(origins)
+	return *c, nil
+}
+
+func env(flagName, def string) string {
+	if v, ok := os.LookupEnv("IM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))); ok {
+		return v
+	}
+	return def
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

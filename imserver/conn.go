@@ -1,0 +1,158 @@
+package imserver
+
+import (
+	"context"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// outFrame is one encoded frame queued for a socket. The bytes are shared by
+// every socket the frame goes to and never modified.
+type outFrame struct {
+	b  []byte
+	ts int64 // publish time in unix ms from the frame, 0 if unknown
+}
+
+// conn is one WebSocket. Its reader is the HTTP handler goroutine; a writer
+// goroutine exists only while the queue is non-empty, so an idle socket costs
+// one goroutine.
+type conn struct {
+	srv *Server
+	ws  *websocket.Conn
+	cl  *client // set once by hub.add
+	ctx context.Context
+
+	mu      sync.Mutex
+	queue   []outFrame // guarded by mu
+	spare   []outFrame // guarded by mu; the writer's last batch, reused
+	queued  int        // bytes queued or being written; guarded by mu
+	writing bool       // a writer goroutine runs; guarded by mu
+	closing bool       // no more frames accepted; guarded by mu
+	reason  string     // offline reason if this socket is the client's last; guarded by mu
+
+	lastPing time.Time // touched only by the pinger
+}
+
+// enqueue queues f without blocking. A socket whose queue would pass
+// MaxQueueBytes is closed as a slow consumer.
+func (c *conn) enqueue(f outFrame) bool {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	if c.queued+len(f.b) > c.srv.cfg.MaxQueueBytes {
+		c.mu.Unlock()
+		c.srv.metrics.slowCloses.Inc()
+		c.srv.metrics.dropped.Inc()
+		c.close(wire.CloseSlowConsumer, "slow consumer", wire.ReasonSlow)
+		return false
+	}
+	c.queue = append(c.queue, f)
+	c.queued += len(f.b)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+	return true
+}
+
+func (c *conn) writeLoop() {
+	for {
+		c.mu.Lock()
+		batch := c.queue
+		if len(batch) == 0 || c.closing {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.queue = c.spare[:0]
+		c.mu.Unlock()
+
+		n := 0
+		var err error
+		for _, f := range batch {
+			ctx, cancel := context.WithTimeout(c.ctx, c.srv.cfg.WriteTimeout)
+			err = c.ws.Write(ctx, websocket.MessageText, f.b)
+			cancel()
+			if err != nil {
+				break
+			}
+			n += len(f.b)
+			c.srv.metrics.observeDelivery(f.ts)
+		}
+		clear(batch) // drop references to shared frames
+		c.mu.Lock()
+		c.queued -= n
+		c.spare = batch[:0]
+		if err != nil {
+			c.writing = false
+			c.mu.Unlock()
+			c.close(websocket.StatusAbnormalClosure, "", wire.ReasonClosed)
+			return
+		}
+		c.mu.Unlock()
+	}
+}
+
+// close closes the socket with code once; reason becomes the offline event
+// reason if this is the client's last socket. It does not block.
+func (c *conn) close(code websocket.StatusCode, msg, reason string) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	c.reason = reason
+	c.queue = nil
+	c.mu.Unlock()
+	go func() {
+		if code == websocket.StatusAbnormalClosure {
+			_ = c.ws.CloseNow()
+			return
+		}
+		// Close waits for the peer's close frame; bound it so a dead peer
+		// cannot hold the socket for long.
+		done := make(chan struct{})
+		go func() {
+			_ = c.ws.Close(code, msg)
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			_ = c.ws.CloseNow()
+		}
+	}()
+}
+
+func (c *conn) offlineReason() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reason == "" {
+		return wire.ReasonClosed
+	}
+	return c.reason
+}
+
+// readLoop discards client frames until the socket fails or closes. The
+// broker is push-only; reading keeps pings, pongs and closes flowing.
+func (c *conn) readLoop() {
+	for {
+		_, r, err := c.ws.Reader(c.ctx)
+		if err != nil {
+			return
+		}
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,80 @@
+package imserver
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the node's Prometheus series; docs/operations.md lists them.
+type metrics struct {
+	reg        *prometheus.Registry
+	conns      prometheus.Gauge
+	clients    prometheus.Gauge
+	connects   prometheus.Counter
+	refusals   *prometheus.CounterVec
+	closes     *prometheus.CounterVec
+	messagesIn *prometheus.CounterVec
+	delivered  prometheus.Counter
+	dropped    prometheus.Counter
+	slowCloses prometheus.Counter
+	malformed  prometheus.Counter
+	reconnects prometheus.Counter
+	redisErrs  prometheus.Counter
+	latency    prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.conns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "im_connections", Help: "Open WebSocket connections."})
+	m.clients = prometheus.NewGauge(prometheus.GaugeOpts{Name: "im_clients", Help: "Distinct online clientIds on this node."})
+	m.connects = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_connects_total", Help: "Accepted WebSocket connections."})
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_refusals_total", Help: "Refused connection attempts by reason."}, []string{"reason"})
+	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_closes_total", Help: "Closed connections by reason."}, []string{"reason"})
+	m.messagesIn = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_messages_in_total", Help: "Messages received from Redis by kind."}, []string{"kind"})
+	m.delivered = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_frames_delivered_total", Help: "Frames written to sockets."})
+	m.dropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_frames_dropped_total", Help: "Frames dropped because a socket's queue overflowed."})
+	m.slowCloses = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_slow_consumer_closes_total", Help: "Sockets closed as slow consumers."})
+	m.malformed = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_malformed_messages_total", Help: "Malformed messages received from Redis and ignored."})
+	m.reconnects = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_redis_reconnects_total", Help: "Re-established Redis pub/sub subscriptions."})
+	m.redisErrs = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_redis_errors_total", Help: "Failed Redis commands."})
+	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "im_delivery_latency_seconds",
+		Help:    "Time from publish (the frame's ts, millisecond resolution) to the socket write.",
+		Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5},
+	})
+	m.reg.MustRegister(m.conns, m.clients, m.connects, m.refusals, m.closes, m.messagesIn,
+		m.delivered, m.dropped, m.slowCloses, m.malformed, m.reconnects, m.redisErrs, m.latency)
+	return m
+}
+
+func (m *metrics) observeDelivery(ts int64) {
+	m.delivered.Inc()
+	if ts > 0 {
+		d := time.Now().UnixMilli() - ts
+		if d < 0 {
+			d = 0
+		}
+		m.latency.Observe(float64(d) / 1000)
+	}
+}
+
+var tsField = []byte(`,"ts":`)
+
+// frameTS extracts the publish time from a frame. Strings before "ts" are
+// JSON-escaped, so the first `,"ts":` is the field itself.
+func frameTS(f []byte) int64 {
+	i := bytes.Index(f, tsField)
+	if i < 0 {
+		return 0
+	}
+	f = f[i+len(tsField):]
+	j := 0
+	for j < len(f) && f[j] >= '0' && f[j] <= '9' {
+		j++
+	}
+	n, _ := strconv.ParseInt(string(f[:j]), 10, 64)
+	return n
+}

@@ -1,0 +1,194 @@
+package imserver
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/imbroker/imbroker/internal/registry"
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+func websocketCode(code int) websocket.StatusCode { return websocket.StatusCode(code) }
+
+// register writes or refreshes the node's lease.
+func (s *Server) register(ctx context.Context) {
+	if s.draining.Load() {
+		return
+	}
+	info, _ := json.Marshal(wire.NodeInfo{ID: s.cfg.NodeID, URL: s.cfg.PublicURL, Started: s.started})
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+	defer cancel()
+	n := s.names
+	res := s.rc.DoMulti(ctx,
+		s.rc.B().Set().Key(n.NodeKey(s.cfg.NodeID)).Value(string(info)).Px(s.cfg.LeaseTTL).Build(),
+		s.rc.B().Sadd().Key(n.NodeSet()).Member(s.cfg.NodeID).Build())
+	for _, r := range res {
+		if err := r.Error(); err != nil {
+			if s.registered.Swap(false) {
+				s.log.Warn("lost registry lease refresh", "err", err)
+			}
+			s.metrics.redisErrs.Inc()
+			return
+		}
+	}
+	s.registered.Store(true)
+}
+
+func (s *Server) unregister(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+	defer cancel()
+	n := s.names
+	s.rc.DoMulti(ctx,
+		s.rc.B().Srem().Key(n.NodeSet()).Member(s.cfg.NodeID).Build(),
+		s.rc.B().Del().Key(n.NodeKey(s.cfg.NodeID)).Build())
+	s.registered.Store(false)
+}
+
+// registryLoop refreshes the lease, reads the live nodes, reaps dead ones and
+// moves clients whose owner changed.
+func (s *Server) registryLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		s.refreshNodes(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.register(ctx)
+		}
+	}
+}
+
+func (s *Server) refreshNodes(ctx context.Context) {
+	if s.draining.Load() {
+		return
+	}
+	rctx, cancel := s.redisCtx()
+	live, dead, err := registry.Read(rctx, s.rc, s.names)
+	cancel()
+	if err != nil {
+		s.metrics.redisErrs.Inc()
+		return
+	}
+	for _, d := range dead {
+		if d != s.cfg.NodeID && s.claimReap(ctx, d) {
+			s.reap(d)
+		}
+	}
+	ids := []string{s.cfg.NodeID}
+	for _, ni := range live {
+		if ni.ID != s.cfg.NodeID {
+			ids = append(ids, ni.ID)
+		}
+	}
+	slices.Sort(ids)
+	s.nodesMu.Lock()
+	changed := !slices.Equal(ids, s.nodes)
+	s.nodes = ids
+	s.nodesMu.Unlock()
+	if changed {
+		s.log.Info("node set changed", "nodes", ids)
+		s.scheduleMoves()
+	}
+}
+
+// claimReap makes sure exactly one survivor cleans a dead node.
+func (s *Server) claimReap(ctx context.Context, node string) bool {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+	defer cancel()
+	err := s.rc.Do(ctx, s.rc.B().Set().Key(s.names.ReapLock(node)).Value(s.cfg.NodeID).Nx().Px(time.Minute).Build()).Error()
+	return err == nil // a nil reply (lock held elsewhere) is an error here
+}
+
+// reap cleans the presence of a dead node (or of this node's previous run):
+// every client listed for it goes offline with reason node_lost, unless it
+// is by now online elsewhere.
+func (s *Server) reap(node string) {
+	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
+	defer cancel()
+	n := s.names
+	cursor := uint64(0)
+	count := 0
+	for {
+		e, err := s.rc.Do(ctx, s.rc.B().Sscan().Key(n.NodeClients(node)).Cursor(cursor).Count(500).Build()).AsScanEntry()
+		if err != nil {
+			s.log.Warn("reap failed", "node", node, "err", err)
+			return
+		}
+		for _, id := range e.Elements {
+			if err := s.markOffline(id, "", node, wire.ReasonNodeLost); err != nil {
+				s.log.Warn("reap failed", "node", node, "err", err)
+				return
+			}
+			count++
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			break
+		}
+	}
+	s.rc.DoMulti(ctx,
+		s.rc.B().Del().Key(n.NodeClients(node)).Build(),
+		s.rc.B().Srem().Key(n.NodeSet()).Member(node).Build())
+	if count > 0 || node != s.cfg.NodeID {
+		s.log.Info("reaped node", "node", node, "clients", count)
+	}
+}
+
+// scheduleMoves closes, spread over MoveWindow, every local client whose
+// owner is now another node, so that routing stays exact.
+func (s *Server) scheduleMoves() {
+	nodes := s.liveNodes()
+	for _, c := range s.hub.clientList() {
+		if wire.Owner(c.id, nodes) == s.cfg.NodeID {
+			continue
+		}
+		id := c.id
+		delay := time.Duration(rand.Int64N(int64(s.cfg.MoveWindow)))
+		time.AfterFunc(delay, func() {
+			if s.draining.Load() || wire.Owner(id, s.liveNodes()) == s.cfg.NodeID {
+				return
+			}
+			s.closeClient(id, wire.CloseMoved, "moved to another node", wire.ReasonMoved)
+		})
+	}
+}
+
+// pingLoop pings every socket once per PingInterval from one goroutine,
+// spreading the pings over the interval; a ping waits for its pong in a
+// short-lived goroutine.
+func (s *Server) pingLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.hub.each(func(c *client) {
+				c.mu.RLock()
+				for _, cn := range c.conns {
+					if now.Sub(cn.lastPing) < s.cfg.PingInterval {
+						continue
+					}
+					cn.lastPing = now
+					go s.ping(cn)
+				}
+				c.mu.RUnlock()
+			})
+		}
+	}
+}
+
+func (s *Server) ping(cn *conn) {
+	ctx, cancel := context.WithTimeout(cn.ctx, s.cfg.PongTimeout)
+	defer cancel()
+	if err := cn.ws.Ping(ctx); err != nil && cn.ctx.Err() == nil {
+		cn.close(wire.CloseNoPong, "ping timeout", wire.ReasonTimeout)
+	}
+}

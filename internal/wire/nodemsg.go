@@ -1,0 +1,102 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+)
+
+// Node message kinds, published on a node's own channel (Names.NodeChannel).
+const (
+	KindSend    = "send"    // Frames[0] to every To; Frames[1] (if any) to Echo; receipts to Receipt
+	KindDeliver = "deliver" // every frame to every To (receipts travel this way)
+	KindJoin    = "join"    // Client joined Chans (already recorded in Redis)
+	KindLeave   = "leave"   // Client left Chans (already removed in Redis)
+	KindKick    = "kick"    // close every socket of Client with CloseForcedOffline
+	KindProbe   = "probe"   // liveness probe a node sends to itself
+)
+
+// NodeMsg is the header of a message on a node channel. On the wire a node
+// message is the header as one line of JSON, then each frame on its own line:
+//
+//	{"k":"send","to":["bob"],"id":"…"}\n{"type":"message",…}
+//
+// Frames are compact JSON and so never contain a raw newline.
+type NodeMsg struct {
+	Kind    string   `json:"k"`
+	To      []string `json:"to,omitempty"`
+	Echo    string   `json:"echo,omitempty"`
+	Receipt string   `json:"rcpt,omitempty"`
+	ID      string   `json:"id,omitempty"`
+	Client  string   `json:"c,omitempty"`
+	Chans   []string `json:"chans,omitempty"`
+	Nonce   string   `json:"nonce,omitempty"`
+}
+
+// ErrMalformed reports a node message that cannot be decoded. A node logs and
+// counts such messages and goes on.
+var ErrMalformed = errors.New("malformed node message")
+
+// EncodeNodeMsg builds the bytes to PUBLISH.
+func EncodeNodeMsg(h NodeMsg, frames ...[]byte) []byte {
+	head, _ := json.Marshal(h) // a struct of strings cannot fail
+	n := len(head)
+	for _, f := range frames {
+		n += 1 + len(f)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, head...)
+	for _, f := range frames {
+		b = append(b, '\n')
+		b = append(b, f...)
+	}
+	return b
+}
+
+// DecodeNodeMsg parses a node message. The frames alias msg.
+func DecodeNodeMsg(msg []byte) (NodeMsg, [][]byte, error) {
+	var h NodeMsg
+	head, rest, hasFrames := bytes.Cut(msg, []byte{'\n'})
+	if err := json.Unmarshal(head, &h); err != nil {
+		return h, nil, fmt.Errorf("%w: header: %v", ErrMalformed, err)
+	}
+	var frames [][]byte
+	for hasFrames {
+		var f []byte
+		f, rest, hasFrames = bytes.Cut(rest, []byte{'\n'})
+		if len(f) == 0 || f[0] != '{' || !utf8.Valid(f) {
+			return h, nil, fmt.Errorf("%w: frame %d is not a JSON object", ErrMalformed, len(frames))
+		}
+		frames = append(frames, f)
+	}
+	switch h.Kind {
+	case KindSend:
+		want := 1
+		if h.Echo != "" {
+			want = 2
+		}
+		if len(frames) != want {
+			return h, nil, fmt.Errorf("%w: send with %d frames, want %d", ErrMalformed, len(frames), want)
+		}
+	case KindDeliver:
+		if len(frames) == 0 {
+			return h, nil, fmt.Errorf("%w: deliver without frames", ErrMalformed)
+		}
+	case KindJoin, KindLeave, KindKick:
+		if ValidateClientID(h.Client) != nil {
+			return h, nil, fmt.Errorf("%w: %s with bad client", ErrMalformed, h.Kind)
+		}
+	case KindProbe:
+	default:
+		return h, nil, fmt.Errorf("%w: unknown kind %q", ErrMalformed, h.Kind)
+	}
+	return h, frames, nil
+}
+
+// ValidFrame reports whether a frame taken from a channel or broadcast topic
+// can be written to browsers as a text message.
+func ValidFrame(f []byte) bool {
+	return len(f) > 0 && f[0] == '{' && utf8.Valid(f)
+}

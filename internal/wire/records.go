@@ -1,0 +1,107 @@
+package wire
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	mrand "math/rand/v2"
+	"time"
+)
+
+// NodeInfo is the value of Names.NodeKey.
+type NodeInfo struct {
+	ID      string `json:"id"`
+	URL     string `json:"url"`     // public ws(s) URL of the node's WebSocket endpoint
+	Started int64  `json:"started"` // unix ms
+}
+
+// TokenRecord is the value of Names.TokenKey.
+type TokenRecord struct {
+	Node   string `json:"node"`
+	Client string `json:"client"`
+	Meta   string `json:"meta,omitempty"`
+	Issued int64  `json:"iat"` // unix ms
+}
+
+// NewToken returns 128 random bits, base64url without padding (22 chars).
+func NewToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails on supported platforms (Go 1.24+)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// ValidToken reports whether s has the shape NewToken produces, so that a node
+// refuses garbage without a Redis round trip.
+func ValidToken(s string) bool {
+	if len(s) != 22 {
+		return false
+	}
+	_, err := base64.RawURLEncoding.DecodeString(s)
+	return err == nil
+}
+
+// Event types and offline reasons.
+const (
+	EventOnline  = "online"
+	EventOffline = "offline"
+
+	ReasonClosed   = "closed"    // the last socket closed (client or network)
+	ReasonKicked   = "kicked"    // ForceOffline
+	ReasonMoved    = "moved"     // owner changed; the client reconnects elsewhere
+	ReasonDrain    = "drain"     // the node shut down gracefully
+	ReasonNodeLost = "node_lost" // the node's lease lapsed; a survivor cleaned up
+	ReasonSlow     = "slow"      // closed as a slow consumer
+	ReasonTimeout  = "timeout"   // heartbeat timed out
+)
+
+// Event is an online or offline event, on Names.EventChannel and, as field
+// "e" of an entry, on Names.EventStream.
+type Event struct {
+	Type   string `json:"type"`
+	Client string `json:"client"`
+	Node   string `json:"node"`
+	Meta   string `json:"meta,omitempty"`
+	Conns  int    `json:"conns"`
+	TS     int64  `json:"ts"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Encode returns the event JSON.
+func (e Event) Encode() []byte { b, _ := json.Marshal(e); return b }
+
+// DecodeEvent parses an event.
+func DecodeEvent(b []byte) (Event, error) {
+	var e Event
+	if err := json.Unmarshal(b, &e); err != nil {
+		return e, fmt.Errorf("%w: event: %v", ErrMalformed, err)
+	}
+	if e.Type != EventOnline && e.Type != EventOffline {
+		return e, fmt.Errorf("%w: event type %q", ErrMalformed, e.Type)
+	}
+	return e, nil
+}
+
+const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+// NewID returns a 26-character id that sorts by creation time: 48 bits of
+// unix milliseconds and 80 random bits in Crockford base32 (the ULID layout).
+func NewID(now time.Time) string {
+	var b [26]byte
+	ms := uint64(now.UnixMilli())
+	for i := 9; i >= 0; i-- {
+		b[i] = crockford[ms&31]
+		ms >>= 5
+	}
+	r1, r2 := mrand.Uint64(), mrand.Uint64()
+	for i := 10; i < 26; i++ {
+		if i < 22 {
+			b[i] = crockford[r1&31]
+			r1 >>= 5
+		} else {
+			b[i] = crockford[r2&31]
+			r2 >>= 5
+		}
+	}
+	return string(b[:])
+}
