@@ -1,0 +1,104 @@
+// Package redistest starts private redis-server processes for tests, on free
+// loopback ports, never the shared instance on 6379.
+package redistest
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// Server is a redis-server child process.
+type Server struct {
+	Addr string // 127.0.0.1:port
+	Port int
+	dir  string
+	cmd  *exec.Cmd
+	t    testing.TB
+}
+
+// URL returns redis://Addr/0.
+func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
+
+// Start runs a redis-server with no persistence on a free port and stops it
+// when the test ends. A missing redis-server fails the test: it is a
+// required dependency (.ci/run installs it).
+func Start(t testing.TB) *Server {
+	t.Helper()
+	_, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server not found (install the redis-server package): %v", err)
+	}
+	s := &Server{dir: t.TempDir(), t: t}
+	s.Port = freePort(t)
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
+	s.start()
+	t.Cleanup(s.Kill)
+	return s
+}
+
+func (s *Server) start() {
+	s.t.Helper()
+	s.cmd = exec.Command("redis-server",
+		"--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir,
+		"--logfile", filepath.Join(s.dir, "redis.log"))
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatalf("failed to start redis-server: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", s.Addr, 200*time.Millisecond)
+		if err == nil {
+			_, _ = c.Write([]byte("PING\r\n"))
+			_ = c.SetReadDeadline(time.Now().Add(time.Second))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if line == "+PONG\r\n" {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+	s.t.Fatalf("redis-server on %s did not come up:\n%s", s.Addr, log)
+}
+
+// Kill stops the server with SIGKILL (as a crash would). Idempotent.
+func (s *Server) Kill() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// Restart starts the server again on the same port, empty.
+func (s *Server) Restart() {
+	s.Kill()
+	s.start()
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("no free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Exec runs one redis-cli command against the server and returns its output.
+func (s *Server) Exec(args ...string) (string, error) {
+	out, err := exec.Command("redis-cli", append([]string{"-p", strconv.Itoa(s.Port)}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("redis-cli %v: %w", args, err)
+	}
+	return string(out), nil
+}
