@@ -350,3 +350,7 @@ func writeJSON(w http.ResponseWriter, status int, body string) {
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(body + "\n"))
 }
+
+// Nodes returns this node's current view of the live nodes (including
+// itself), sorted.
+func (s *Server) Nodes() []string { return append([]string(nil), s.liveNodes()...) }

@@ -1,0 +1,264 @@
+package imserver_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/imbroker/imbroker/imhelper"
+	"github.com/imbroker/imbroker/imserver"
+	"github.com/imbroker/imbroker/internal/redistest"
+)
+
+// checkFor polls fn until it returns nil or the timeout passes.
+func checkFor(t testing.TB, timeout time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = fn(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met after %v: %v", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type cluster struct {
+	t      testing.TB
+	redis  *redistest.Server
+	nodes  []*imserver.Server
+	helper *imhelper.Client
+	mod    func(*imserver.Config)
+}
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startCluster starts a private redis-server, n nodes and an imhelper
+// client, and waits until every party sees every node.
+func startCluster(t testing.TB, n int, mod func(*imserver.Config)) *cluster {
+	t.Helper()
+	c := &cluster{t: t, redis: redistest.Start(t), mod: mod}
+	for i := 0; i < n; i++ {
+		c.startNode(fmt.Sprintf("node-%d", i+1))
+	}
+	h, err := imhelper.New(context.Background(), imhelper.Options{RedisURL: c.redis.URL(), RefreshInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	c.helper = h
+	c.waitViews()
+	return c
+}
+
+func (c *cluster) config(id string) imserver.Config {
+	cfg := imserver.Config{
+		Listen:        "127.0.0.1:0",
+		NodeID:        id,
+		RedisURL:      c.redis.URL(),
+		LeaseTTL:      1500 * time.Millisecond,
+		MoveWindow:    500 * time.Millisecond,
+		DrainWindow:   300 * time.Millisecond,
+		ProbeInterval: 500 * time.Millisecond,
+	}
+	if c.mod != nil {
+		c.mod(&cfg)
+	}
+	return cfg
+}
+
+func (c *cluster) startNode(id string) *imserver.Server {
+	c.t.Helper()
+	srv, err := imserver.New(c.config(id), nil, quietLogger())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	c.nodes = append(c.nodes, srv)
+	return srv
+}
+
+// waitViews waits until imhelper and every running node see the same live
+// node set.
+func (c *cluster) waitViews() {
+	c.t.Helper()
+	var want []string
+	for _, n := range c.nodes {
+		want = append(want, n.NodeID())
+	}
+	checkFor(c.t, 10*time.Second, func() error {
+		_ = c.helper.RefreshNodes(context.Background())
+		if got := c.helper.Nodes(); fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("imhelper sees %v, want %v", got, want)
+		}
+		for _, n := range c.nodes {
+			if got := n.Nodes(); fmt.Sprint(got) != fmt.Sprint(want) {
+				return fmt.Errorf("%s sees %v, want %v", n.NodeID(), got, want)
+			}
+			if !n.Ready() {
+				return fmt.Errorf("%s not ready", n.NodeID())
+			}
+		}
+		return nil
+	})
+}
+
+func (c *cluster) node(id string) *imserver.Server {
+	for _, n := range c.nodes {
+		if n.NodeID() == id {
+			return n
+		}
+	}
+	c.t.Fatalf("no node %s", id)
+	return nil
+}
+
+// frame is what a browser receives.
+type frame struct {
+	Type    string          `json:"type"`
+	ID      string          `json:"id"`
+	From    string          `json:"from"`
+	To      json.RawMessage `json:"to"`
+	Channel string          `json:"channel"`
+	TS      int64           `json:"ts"`
+	Data    json.RawMessage `json:"data"`
+	Status  string          `json:"status"`
+}
+
+// wsClient is a real WebSocket client that records every frame.
+type wsClient struct {
+	id     string
+	url    string
+	conn   *websocket.Conn
+	frames chan frame
+	done   chan struct{}
+	mu     sync.Mutex
+	err    error // the read error that ended the client
+}
+
+func (c *cluster) connect(id, meta string) *wsClient {
+	c.t.Helper()
+	u, err := c.helper.PrevConnectServer(context.Background(), id, meta)
+	if err != nil {
+		c.t.Fatalf("PrevConnectServer(%s): %v", id, err)
+	}
+	wc, err := dialWS(u)
+	if err != nil {
+		c.t.Fatalf("dial %s: %v", id, err)
+	}
+	wc.id = id
+	c.t.Cleanup(func() { wc.conn.CloseNow() })
+	return wc
+}
+
+func dialWS(u string) (*wsClient, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, resp, err := websocket.Dial(ctx, u, nil)
+	if err != nil {
+		if resp != nil {
+			return nil, &httpError{status: resp.StatusCode}
+		}
+		return nil, err
+	}
+	wc := &wsClient{url: u, conn: conn, frames: make(chan frame, 10000), done: make(chan struct{})}
+	go func() {
+		defer close(wc.done)
+		for {
+			_, b, err := conn.Read(context.Background())
+			if err != nil {
+				wc.mu.Lock()
+				wc.err = err
+				wc.mu.Unlock()
+				return
+			}
+			var f frame
+			if err := json.Unmarshal(b, &f); err != nil {
+				panic(fmt.Sprintf("frame is not JSON: %s", b))
+			}
+			wc.frames <- f
+		}
+	}()
+	return wc, nil
+}
+
+type httpError struct{ status int }
+
+func (e *httpError) Error() string { return fmt.Sprintf("HTTP %d", e.status) }
+
+func statusOf(err error) int {
+	var he *httpError
+	if errors.As(err, &he) {
+		return he.status
+	}
+	return 0
+}
+
+// next waits for the next frame.
+func (w *wsClient) next(t testing.TB) frame {
+	t.Helper()
+	select {
+	case f := <-w.frames:
+		return f
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: no frame within 5s", w.id)
+	}
+	return frame{}
+}
+
+// none asserts that no frame arrives within d.
+func (w *wsClient) none(t testing.TB, d time.Duration) {
+	t.Helper()
+	select {
+	case f := <-w.frames:
+		t.Fatalf("%s: unexpected frame %+v", w.id, f)
+	case <-time.After(d):
+	}
+}
+
+// closeCode waits for the socket to be closed by the server and returns
+// the close code.
+func (w *wsClient) closeCode(t testing.TB) websocket.StatusCode {
+	t.Helper()
+	select {
+	case <-w.done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: not closed within 5s", w.id)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return websocket.CloseStatus(w.err)
+}
+
+func getJSON(t testing.TB, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b))
+}
