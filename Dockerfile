@@ -1,0 +1,16 @@
+# Multi-stage build of one imserver node: a static binary on a distroless,
+# non-root base.
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/imserver ./imserver/cmd/imserver
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/imserver /imserver
+USER nonroot:nonroot
+EXPOSE 6001
+# Configure with IM_* variables, e.g. IM_REDIS_URL, IM_PUBLIC_URL, IM_NODE_ID.
+ENV IM_LISTEN=:6001
+ENTRYPOINT ["/imserver"]
