@@ -1,0 +1,496 @@
+package main
+
+import (
+	"errors"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/imbroker/imbroker/imhelper"
+)
+
+const (
+	maxNickRunes = 24
+	maxTextRunes = 2000
+	maxRooms     = 100
+	roomRule     = "room names are 1-32 characters: lower-case letters, digits, '-' and '_', starting with a letter or digit"
+	nickRule     = "nicknames are 1-24 characters: letters, digits, '.', '-' and '_'"
+)
+
+var (
+	roomPattern  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
+	msgIDPattern = regexp.MustCompile(`^[0-9]{13}-[0-9a-f]{8}$`)
+)
+
+func validRoom(s string) bool { return roomPattern.MatchString(s) }
+
+func validNick(s string) bool {
+	n := utf8.RuneCountInString(s)
+	if n == 0 || n > maxNickRunes {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsLetter(r) && !unicode.IsDigit(r) && r != '.' && r != '-' && r != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// cleanText trims a chat text and checks its length; line breaks and tabs
+// are kept, other control characters refused.
+func cleanText(w http.ResponseWriter, s string) (string, bool) {
+	s = strings.TrimSpace(s)
+	n := utf8.RuneCountInString(s)
+	if n == 0 || n > maxTextRunes {
+		writeError(w, http.StatusBadRequest, "bad_text", "text must be 1-2000 characters")
+		return "", false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) && r != '\n' && r != '\t' {
+			writeError(w, http.StatusBadRequest, "bad_text", "text contains control characters")
+			return "", false
+		}
+	}
+	return s, true
+}
+
+func (a *App) signIn(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Nick string `json:"nick"`
+	}
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	req.Nick = strings.TrimSpace(req.Nick)
+	if !validNick(req.Nick) {
+		writeError(w, http.StatusBadRequest, "bad_nick", nickRule)
+		return
+	}
+	u, err := a.db.signIn(r.Context(), req.Nick)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if old, err := r.Cookie(sessionCookie); err == nil && len(old.Value) <= 64 {
+		_ = a.db.endSession(r.Context(), old.Value)
+	}
+	sid, err := a.db.newSession(r.Context(), u.ID)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{
+		Name: sessionCookie, Value: sid, Path: "/",
+		MaxAge: int(sessionTTL.Seconds()), HttpOnly: true,
+		Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode,
+	})
+	writeJSON(w, http.StatusOK, u)
+}
+
+func (a *App) signOut(w http.ResponseWriter, r *http.Request) {
+	if c, err := r.Cookie(sessionCookie); err == nil && len(c.Value) <= 64 {
+		if err := a.db.endSession(r.Context(), c.Value); err != nil {
+			a.internalError(w, r, err)
+			return
+		}
+	}
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *App) me(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, currentUser(r))
+}
+
+// connect returns a fresh one-time WebSocket URL. The page calls it before
+// every (re)connect. The user's rooms are joined here, before the socket
+// exists, because the broker ends channel membership when a client's last
+// socket closes; the online event handler joins them again in case this
+// raced with the close of an old socket.
+func (a *App) connect(w http.ResponseWriter, r *http.Request) {
+	u := currentUser(r)
+	rooms, err := a.db.userRooms(r.Context(), u.ID)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if err := a.im.JoinChan(r.Context(), u.ID, roomChans(rooms)...); err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	url, err := a.im.PrevConnectServer(r.Context(), u.ID, u.Nick)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"url": url})
+}
+
+func (a *App) online(w http.ResponseWriter, r *http.Request) {
+	ids, err := a.im.GetClientListByOnline(r.Context())
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	users, err := a.db.users(r.Context(), ids)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"users": users})
+}
+
+// sendDirect sends a private message. An online receiver gets it through the
+// broker at once, and the sender's sockets get a receipt; for an offline
+// receiver the service keeps it and delivers it when the receiver comes
+// online (see handleEvent).
+func (a *App) sendDirect(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		To   string `json:"to"` // nickname
+		Text string `json:"text"`
+	}
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	text, ok := cleanText(w, req.Text)
+	if !ok {
+		return
+	}
+	if !validNick(req.To) {
+		writeError(w, http.StatusBadRequest, "bad_nick", nickRule)
+		return
+	}
+	me := currentUser(r)
+	to, err := a.db.userByNick(r.Context(), req.To)
+	if errors.Is(err, errNotFound) {
+		writeError(w, http.StatusNotFound, "no_user", "nobody has signed in as "+req.To)
+		return
+	} else if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if to.ID == me.ID {
+		writeError(w, http.StatusBadRequest, "to_self", "you cannot message yourself")
+		return
+	}
+	m := directMessage{Kind: "dm", From: me.ID, Nick: me.Nick, To: to.ID, ToNick: to.Nick,
+		Text: text, TS: a.now().UnixMilli()}
+	online, err := a.im.HasOnline(r.Context(), to.ID)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if !online {
+		if err := a.db.keepOffline(r.Context(), m); err != nil {
+			a.internalError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]any{"status": "stored", "message": m})
+		return
+	}
+	// WithEcho shows the message on the sender's other tabs and devices.
+	id, err := a.im.SendMessage(r.Context(), me.ID, []string{to.ID}, m, imhelper.WithReceipt(), imhelper.WithEcho())
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "sent", "id": id, "message": m})
+}
+
+type roomInfo struct {
+	Name    string `json:"name"`
+	Members int64  `json:"members"`
+	Online  int    `json:"online"` // members with an open socket
+	Joined  bool   `json:"joined"`
+}
+
+func (a *App) listRooms(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	names, err := a.db.rooms(ctx)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	counts, err := a.db.memberCounts(ctx, names)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	chans, err := a.im.GetChanList(ctx)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	online := make(map[string]int, len(chans))
+	for _, c := range chans {
+		online[c.Name] = c.Online
+	}
+	mine, err := a.db.userRooms(ctx, currentUser(r).ID)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	out := make([]roomInfo, len(names))
+	for i, n := range names {
+		out[i] = roomInfo{Name: n, Members: counts[i], Online: online[chanPrefix+n], Joined: slices.Contains(mine, n)}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"rooms": out})
+}
+
+// memberEvent tells a room's open pages that someone joined or left.
+type memberEvent struct {
+	Kind   string `json:"kind"` // "member"
+	Room   string `json:"room"`
+	ID     string `json:"id"`
+	Nick   string `json:"nick"`
+	Joined bool   `json:"joined"`
+}
+
+func (a *App) joinRoom(w http.ResponseWriter, r *http.Request) {
+	ctx, u, room := r.Context(), currentUser(r), chi.URLParam(r, "room")
+	exists, err := a.db.roomExists(ctx, room)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if !exists {
+		names, err := a.db.rooms(ctx)
+		if err != nil {
+			a.internalError(w, r, err)
+			return
+		}
+		if len(names) >= maxRooms {
+			writeError(w, http.StatusConflict, "too_many_rooms", "no more rooms can be created")
+			return
+		}
+	}
+	if err := a.db.join(ctx, room, u.ID); err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if err := a.im.JoinChan(ctx, u.ID, chanPrefix+room); err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	a.announce(r, room, memberEvent{Kind: "member", Room: room, ID: u.ID, Nick: u.Nick, Joined: true})
+	writeJSON(w, http.StatusOK, map[string]string{"room": room})
+}
+
+func (a *App) leaveRoom(w http.ResponseWriter, r *http.Request) {
+	ctx, u, room := r.Context(), currentUser(r), chi.URLParam(r, "room")
+	if err := a.db.leave(ctx, room, u.ID); err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if err := a.im.LeaveChan(ctx, u.ID, chanPrefix+room); err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	a.announce(r, room, memberEvent{Kind: "member", Room: room, ID: u.ID, Nick: u.Nick, Joined: false})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// announce sends a room event; a lost one only leaves a count stale until
+// the next reload, so failures are logged, not returned.
+func (a *App) announce(r *http.Request, room string, payload any) {
+	if _, err := a.im.SendChanMessage(r.Context(), currentUser(r).ID, chanPrefix+room, payload); err != nil {
+		a.log.Warn("failed to announce a room event", "room", room, "err", err)
+	}
+}
+
+type memberInfo struct {
+	ID     string `json:"id"`
+	Nick   string `json:"nick"`
+	Online bool   `json:"online"`
+}
+
+func (a *App) roomMembers(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	ids, err := a.db.roomMembers(ctx, chi.URLParam(r, "room"))
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	users, err := a.db.users(ctx, ids)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	userIDs := make([]string, len(users))
+	for i, u := range users {
+		userIDs[i] = u.ID
+	}
+	online, err := a.im.HasOnlineMany(ctx, userIDs)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	out := make([]memberInfo, len(users))
+	for i, u := range users {
+		out[i] = memberInfo{ID: u.ID, Nick: u.Nick, Online: online[i]}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"members": out})
+}
+
+// requireMember answers 403 unless the signed-in user joined the room.
+func (a *App) requireMember(w http.ResponseWriter, r *http.Request) bool {
+	ok, err := a.db.isMember(r.Context(), chi.URLParam(r, "room"), currentUser(r).ID)
+	if err != nil {
+		a.internalError(w, r, err)
+		return false
+	}
+	if !ok {
+		writeError(w, http.StatusForbidden, "not_member", "join the room first")
+	}
+	return ok
+}
+
+// roomHistory pages backwards: ?before=<msgId>&limit=N returns up to N
+// messages older than msgId, oldest first, and whether there are more.
+func (a *App) roomHistory(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	before := q.Get("before")
+	if before != "" && !msgIDPattern.MatchString(before) {
+		writeError(w, http.StatusBadRequest, "bad_before", "before must be a message id")
+		return
+	}
+	limit := 30
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > historyMaxGet {
+			writeError(w, http.StatusBadRequest, "bad_limit", "limit must be 1-100")
+			return
+		}
+		limit = n
+	}
+	if !a.requireMember(w, r) {
+		return
+	}
+	msgs, more, err := a.db.history(r.Context(), chi.URLParam(r, "room"), before, limit)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"messages": msgs, "more": more})
+}
+
+// sendRoom stores the message in the room's history first, so that a page
+// that reloads history right after sees it, then sends it to the room.
+func (a *App) sendRoom(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Text string `json:"text"`
+	}
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	text, ok := cleanText(w, req.Text)
+	if !ok || !a.requireMember(w, r) {
+		return
+	}
+	u, room, now := currentUser(r), chi.URLParam(r, "room"), a.now()
+	m := roomMessage{Kind: "chat", Room: room, MsgID: newMessageID(now), From: u.ID, Nick: u.Nick,
+		Text: text, TS: now.UnixMilli()}
+	if err := a.db.addMessage(r.Context(), m); err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if _, err := a.im.SendChanMessage(r.Context(), u.ID, chanPrefix+room, m); err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, m)
+}
+
+// recallEvent removes a message from every open page of the room.
+type recallEvent struct {
+	Kind  string `json:"kind"` // "recall"
+	Room  string `json:"room"`
+	MsgID string `json:"msgId"`
+}
+
+func (a *App) recall(w http.ResponseWriter, r *http.Request) {
+	ctx, u, room, msgID := r.Context(), currentUser(r), chi.URLParam(r, "room"), chi.URLParam(r, "msgID")
+	if !msgIDPattern.MatchString(msgID) {
+		writeError(w, http.StatusBadRequest, "bad_message_id", "not a message id")
+		return
+	}
+	m, err := a.db.message(ctx, room, msgID)
+	if errors.Is(err, errNotFound) {
+		writeError(w, http.StatusNotFound, "no_message", "no such message (already recalled?)")
+		return
+	} else if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if m.From != u.ID {
+		writeError(w, http.StatusForbidden, "not_yours", "you can only recall your own messages")
+		return
+	}
+	if a.now().UnixMilli()-m.TS > recallWindow.Milliseconds() {
+		writeError(w, http.StatusConflict, "too_late", "messages can be recalled within 2 minutes")
+		return
+	}
+	removed, err := a.db.removeMessage(ctx, room, msgID)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if !removed {
+		writeError(w, http.StatusNotFound, "no_message", "no such message (already recalled?)")
+		return
+	}
+	if _, err := a.im.SendChanMessage(ctx, u.ID, chanPrefix+room, recallEvent{Kind: "recall", Room: room, MsgID: msgID}); err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// kick closes every socket of a user with the forced-offline code; the
+// user's pages show that and do not reconnect.
+func (a *App) kick(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Nick string `json:"nick"`
+	}
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if !validNick(req.Nick) {
+		writeError(w, http.StatusBadRequest, "bad_nick", nickRule)
+		return
+	}
+	u, err := a.db.userByNick(r.Context(), req.Nick)
+	if errors.Is(err, errNotFound) {
+		writeError(w, http.StatusNotFound, "no_user", "nobody has signed in as "+req.Nick)
+		return
+	} else if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	wasOnline, err := a.im.HasOnline(r.Context(), u.ID)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if err := a.im.ForceOffline(r.Context(), u.ID); err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"kicked": u, "wasOnline": wasOnline})
+}
+
+func roomChans(rooms []string) []string {
+	out := make([]string, len(rooms))
+	for i, r := range rooms {
+		out[i] = chanPrefix + r
+	}
+	return out
+}

@@ -1,0 +1,368 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// The business data lives in the same Redis as the broker's, under its own
+// prefix. The broker knows nothing about it.
+//
+//	chat:nick:<lower nick>      STRING user id (the nickname is the account)
+//	chat:user:<id>              HASH nick
+//	chat:sess:<sid>             STRING user id, expires
+//	chat:rooms                  SET room names
+//	chat:room:<r>:members       SET user ids (the business membership)
+//	chat:user:<id>:rooms        SET room names
+//	chat:room:<r>:hist          ZSET message ids, all score 0 (ids sort by time)
+//	chat:room:<r>:msg           HASH message id -> roomMessage JSON
+//	chat:inbox:<id>             LIST of directMessage JSON kept for an offline user
+const (
+	keyPrefix     = "chat:"
+	sessionTTL    = 7 * 24 * time.Hour
+	historyCap    = 1000 // messages kept per room
+	inboxCap      = 200  // offline messages kept per user
+	recallWindow  = 2 * time.Minute
+	defaultRooms  = "lobby,random"
+	chanPrefix    = "room." // broker channel of a room
+	historyMaxGet = 100
+)
+
+type user struct {
+	ID   string `json:"id"`
+	Nick string `json:"nick"`
+}
+
+// roomMessage is stored in a room's history and is the payload of the
+// channel frame that carries it.
+type roomMessage struct {
+	Kind  string `json:"kind"` // "chat"
+	Room  string `json:"room"`
+	MsgID string `json:"msgId"`
+	From  string `json:"from"`
+	Nick  string `json:"nick"`
+	Text  string `json:"text"`
+	TS    int64  `json:"ts"` // unix ms
+}
+
+// directMessage is the payload of a private message, and what the inbox
+// keeps for an offline receiver.
+type directMessage struct {
+	Kind    string `json:"kind"` // "dm"
+	From    string `json:"from"`
+	Nick    string `json:"nick"`
+	To      string `json:"to"`
+	ToNick  string `json:"toNick"`
+	Text    string `json:"text"`
+	TS      int64  `json:"ts"`
+	Offline bool   `json:"offline,omitempty"` // kept while the receiver was offline
+}
+
+type store struct{ rc rueidis.Client }
+
+func (s store) do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
+	return s.rc.Do(ctx, cmd)
+}
+
+func (s store) b() rueidis.Builder { return s.rc.B() }
+
+// signIn returns the account of nick, creating it on first use. Anyone who
+// knows a nickname can sign in as it: this is a demo, not an identity system.
+func (s store) signIn(ctx context.Context, nick string) (user, error) {
+	nickKey := keyPrefix + "nick:" + strings.ToLower(nick)
+	id := "u_" + randomHex(8)
+	created, err := s.do(ctx, s.b().Set().Key(nickKey).Value(id).Nx().Build()).AsBool()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return user{}, err
+	}
+	if !created {
+		if id, err = s.do(ctx, s.b().Get().Key(nickKey).Build()).ToString(); err != nil {
+			return user{}, err
+		}
+		return s.user(ctx, id)
+	}
+	err = s.do(ctx, s.b().Hset().Key(keyPrefix+"user:"+id).FieldValue().FieldValue("nick", nick).Build()).Error()
+	return user{ID: id, Nick: nick}, err
+}
+
+// user returns the account id; a missing one is errNotFound.
+func (s store) user(ctx context.Context, id string) (user, error) {
+	nick, err := s.do(ctx, s.b().Hget().Key(keyPrefix+"user:"+id).Field("nick").Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return user{}, errNotFound
+	}
+	return user{ID: id, Nick: nick}, err
+}
+
+func (s store) userByNick(ctx context.Context, nick string) (user, error) {
+	id, err := s.do(ctx, s.b().Get().Key(keyPrefix+"nick:"+strings.ToLower(nick)).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return user{}, errNotFound
+	}
+	if err != nil {
+		return user{}, err
+	}
+	return s.user(ctx, id)
+}
+
+// users resolves many ids at once; unknown ids are left out.
+func (s store) users(ctx context.Context, ids []string) ([]user, error) {
+	if len(ids) == 0 {
+		return []user{}, nil
+	}
+	cmds := make(rueidis.Commands, len(ids))
+	for i, id := range ids {
+		cmds[i] = s.b().Hget().Key(keyPrefix + "user:" + id).Field("nick").Build()
+	}
+	out := make([]user, 0, len(ids))
+	for i, r := range s.rc.DoMulti(ctx, cmds...) {
+		nick, err := r.ToString()
+		if rueidis.IsRedisNil(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, user{ID: ids[i], Nick: nick})
+	}
+	slices.SortFunc(out, func(a, b user) int { return strings.Compare(strings.ToLower(a.Nick), strings.ToLower(b.Nick)) })
+	return out, nil
+}
+
+// newSession returns a fresh session id (128 random bits) for userID.
+func (s store) newSession(ctx context.Context, userID string) (string, error) {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	sid := base64.RawURLEncoding.EncodeToString(b)
+	err := s.do(ctx, s.b().Set().Key(keyPrefix+"sess:"+sid).Value(userID).Ex(sessionTTL).Build()).Error()
+	return sid, err
+}
+
+func (s store) session(ctx context.Context, sid string) (string, error) {
+	id, err := s.do(ctx, s.b().Get().Key(keyPrefix+"sess:"+sid).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return "", errNotFound
+	}
+	return id, err
+}
+
+func (s store) endSession(ctx context.Context, sid string) error {
+	return s.do(ctx, s.b().Del().Key(keyPrefix+"sess:"+sid).Build()).Error()
+}
+
+func (s store) addRooms(ctx context.Context, names ...string) error {
+	return s.do(ctx, s.b().Sadd().Key(keyPrefix+"rooms").Member(names...).Build()).Error()
+}
+
+func (s store) rooms(ctx context.Context) ([]string, error) {
+	names, err := s.do(ctx, s.b().Smembers().Key(keyPrefix+"rooms").Build()).AsStrSlice()
+	slices.Sort(names)
+	return names, err
+}
+
+func (s store) roomExists(ctx context.Context, room string) (bool, error) {
+	return s.do(ctx, s.b().Sismember().Key(keyPrefix+"rooms").Member(room).Build()).AsBool()
+}
+
+func (s store) userRooms(ctx context.Context, id string) ([]string, error) {
+	names, err := s.do(ctx, s.b().Smembers().Key(keyPrefix+"user:"+id+":rooms").Build()).AsStrSlice()
+	slices.Sort(names)
+	return names, err
+}
+
+func (s store) isMember(ctx context.Context, room, id string) (bool, error) {
+	return s.do(ctx, s.b().Sismember().Key(roomKey(room, "members")).Member(id).Build()).AsBool()
+}
+
+func (s store) roomMembers(ctx context.Context, room string) ([]string, error) {
+	return s.do(ctx, s.b().Smembers().Key(roomKey(room, "members")).Build()).AsStrSlice()
+}
+
+func (s store) memberCounts(ctx context.Context, rooms []string) ([]int64, error) {
+	if len(rooms) == 0 {
+		return nil, nil
+	}
+	cmds := make(rueidis.Commands, len(rooms))
+	for i, r := range rooms {
+		cmds[i] = s.b().Scard().Key(roomKey(r, "members")).Build()
+	}
+	out := make([]int64, len(rooms))
+	for i, r := range s.rc.DoMulti(ctx, cmds...) {
+		n, err := r.AsInt64()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = n
+	}
+	return out, nil
+}
+
+func (s store) join(ctx context.Context, room, id string) error {
+	return firstErr(s.rc.DoMulti(ctx,
+		s.b().Sadd().Key(keyPrefix+"rooms").Member(room).Build(),
+		s.b().Sadd().Key(roomKey(room, "members")).Member(id).Build(),
+		s.b().Sadd().Key(keyPrefix+"user:"+id+":rooms").Member(room).Build()))
+}
+
+func (s store) leave(ctx context.Context, room, id string) error {
+	return firstErr(s.rc.DoMulti(ctx,
+		s.b().Srem().Key(roomKey(room, "members")).Member(id).Build(),
+		s.b().Srem().Key(keyPrefix+"user:"+id+":rooms").Member(room).Build()))
+}
+
+// newMessageID returns an id that sorts by time as a string: 13 digits of
+// unix ms and 32 random bits.
+func newMessageID(now time.Time) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%013d-%x", now.UnixMilli(), b)
+}
+
+// addMessage appends m to its room's history and drops the oldest messages
+// beyond historyCap.
+func (s store) addMessage(ctx context.Context, m roomMessage) error {
+	b, _ := json.Marshal(m)
+	hist, msgs := roomKey(m.Room, "hist"), roomKey(m.Room, "msg")
+	res := s.rc.DoMulti(ctx,
+		s.b().Hset().Key(msgs).FieldValue().FieldValue(m.MsgID, string(b)).Build(),
+		s.b().Zadd().Key(hist).ScoreMember().ScoreMember(0, m.MsgID).Build(),
+		s.b().Zcard().Key(hist).Build())
+	if err := firstErr(res); err != nil {
+		return err
+	}
+	n, _ := res[2].AsInt64()
+	if n <= historyCap {
+		return nil
+	}
+	dropped, err := s.do(ctx, s.b().Zpopmin().Key(hist).Count(n-historyCap).Build()).AsZScores()
+	if err != nil || len(dropped) == 0 {
+		return err
+	}
+	ids := make([]string, len(dropped))
+	for i, z := range dropped {
+		ids[i] = z.Member
+	}
+	return s.do(ctx, s.b().Hdel().Key(msgs).Field(ids...).Build()).Error()
+}
+
+// history returns up to limit messages older than before (all if empty),
+// oldest first, and whether there are older ones.
+func (s store) history(ctx context.Context, room, before string, limit int) ([]roomMessage, bool, error) {
+	max := "+"
+	if before != "" {
+		max = "(" + before
+	}
+	ids, err := s.do(ctx, s.b().Zrevrangebylex().Key(roomKey(room, "hist")).Max(max).Min("-").
+		Limit(0, int64(limit+1)).Build()).AsStrSlice()
+	if err != nil {
+		return nil, false, err
+	}
+	more := len(ids) > limit
+	if more {
+		ids = ids[:limit]
+	}
+	out := []roomMessage{}
+	if len(ids) == 0 {
+		return out, false, nil
+	}
+	vals, err := s.do(ctx, s.b().Hmget().Key(roomKey(room, "msg")).Field(ids...).Build()).ToArray()
+	if err != nil {
+		return nil, false, err
+	}
+	for i := len(vals) - 1; i >= 0; i-- {
+		str, err := vals[i].ToString()
+		var m roomMessage
+		if err != nil || json.Unmarshal([]byte(str), &m) != nil {
+			continue // recalled meanwhile
+		}
+		out = append(out, m)
+	}
+	return out, more, nil
+}
+
+func (s store) message(ctx context.Context, room, msgID string) (roomMessage, error) {
+	var m roomMessage
+	str, err := s.do(ctx, s.b().Hget().Key(roomKey(room, "msg")).Field(msgID).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return m, errNotFound
+	}
+	if err != nil {
+		return m, err
+	}
+	return m, json.Unmarshal([]byte(str), &m)
+}
+
+// removeMessage deletes a message and reports whether it was there, so that
+// two recalls of one message do not both succeed.
+func (s store) removeMessage(ctx context.Context, room, msgID string) (bool, error) {
+	res := s.rc.DoMulti(ctx,
+		s.b().Zrem().Key(roomKey(room, "hist")).Member(msgID).Build(),
+		s.b().Hdel().Key(roomKey(room, "msg")).Field(msgID).Build())
+	if err := firstErr(res); err != nil {
+		return false, err
+	}
+	n, _ := res[0].AsInt64()
+	return n > 0, nil
+}
+
+// keepOffline appends a private message to the receiver's inbox; the oldest
+// go beyond inboxCap.
+func (s store) keepOffline(ctx context.Context, m directMessage) error {
+	b, _ := json.Marshal(m)
+	key := keyPrefix + "inbox:" + m.To
+	return firstErr(s.rc.DoMulti(ctx,
+		s.b().Rpush().Key(key).Element(string(b)).Build(),
+		s.b().Ltrim().Key(key).Start(-inboxCap).Stop(-1).Build()))
+}
+
+// takeInbox removes and returns up to n kept messages, oldest first. Each
+// message is handed out once, however many callers race.
+func (s store) takeInbox(ctx context.Context, id string, n int64) ([]directMessage, error) {
+	vals, err := s.do(ctx, s.b().Lpop().Key(keyPrefix+"inbox:"+id).Count(n).Build()).AsStrSlice()
+	if rueidis.IsRedisNil(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]directMessage, 0, len(vals))
+	for _, v := range vals {
+		var m directMessage
+		if json.Unmarshal([]byte(v), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// returnToInbox puts messages that could not be delivered back in front.
+func (s store) returnToInbox(ctx context.Context, id string, msgs []directMessage) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	els := make([]string, 0, len(msgs))
+	for i := len(msgs) - 1; i >= 0; i-- { // LPUSH reverses, so push newest first
+		b, _ := json.Marshal(msgs[i])
+		els = append(els, string(b))
+	}
+	return s.do(ctx, s.b().Lpush().Key(keyPrefix+"inbox:"+id).Element(els...).Build()).Error()
+}
+
+func roomKey(room, part string) string { return keyPrefix + "room:" + room + ":" + part }
+
+func firstErr(rs []rueidis.RedisResult) error {
+	for _, r := range rs {
+		if err := r.Error(); err != nil && !rueidis.IsRedisNil(err) {
+			return err
+		}
+	}
+	return nil
+}
