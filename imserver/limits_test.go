@@ -1,0 +1,189 @@
+package imserver_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/imbroker/imbroker/imserver"
+)
+
+func TestLimits(t *testing.T) {
+	t.Run("per client", func(t *testing.T) {
+		c := startCluster(t, 1, func(cfg *imserver.Config) { cfg.MaxConnsPerClient = 2 })
+		c.connect("lim", "")
+		c.connect("lim", "")
+		u, _ := c.helper.PrevConnectServer(bg, "lim", "")
+		if _, err := dialWS(u); statusOf(err) != http.StatusTooManyRequests {
+			t.Errorf("third socket: %v, want 429", err)
+		}
+		c.connect("other", "") // other clients are unaffected
+	})
+	t.Run("per node", func(t *testing.T) {
+		c := startCluster(t, 1, func(cfg *imserver.Config) { cfg.MaxConns = 3 })
+		for i := 0; i < 3; i++ {
+			c.connect(fmt.Sprintf("n-%d", i), "")
+		}
+		u, _ := c.helper.PrevConnectServer(bg, "n-4", "")
+		if _, err := dialWS(u); statusOf(err) != http.StatusServiceUnavailable {
+			t.Errorf("4th socket: %v, want 503", err)
+		}
+	})
+	t.Run("connect rate", func(t *testing.T) {
+		c := startCluster(t, 1, func(cfg *imserver.Config) { cfg.ConnectRate = 5 })
+		refused := 0
+		for i := 0; i < 12; i++ {
+			u, _ := c.helper.PrevConnectServer(bg, fmt.Sprintf("r-%d", i), "")
+			w, err := dialWS(u)
+			if statusOf(err) == http.StatusTooManyRequests {
+				refused++
+			} else if err != nil {
+				t.Fatal(err)
+			} else {
+				defer w.conn.CloseNow()
+			}
+		}
+		if refused == 0 || refused > 8 {
+			t.Errorf("%d of 12 rapid connects refused at 5/s", refused)
+		}
+	})
+	t.Run("frame too big", func(t *testing.T) {
+		c := startCluster(t, 1, nil)
+		w := c.connect("big", "")
+		if err := w.conn.Write(bg, websocket.MessageText, []byte(strings.Repeat("x", 5000))); err != nil {
+			t.Fatal(err)
+		}
+		if code := w.closeCode(t); code != websocket.StatusMessageTooBig {
+			t.Errorf("close code %d, want 1009", code)
+		}
+		// small uplink frames are read and discarded
+		w2 := c.connect("small", "")
+		if err := w2.conn.Write(bg, websocket.MessageText, []byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.helper.SendMessage(bg, "x", []string{"small"}, `1`); err != nil {
+			t.Fatal(err)
+		}
+		w2.next(t)
+	})
+}
+
+// TestMalformedRedisMessages: garbage on every channel a node listens to is
+// logged and counted; the node goes on delivering.
+func TestMalformedRedisMessages(t *testing.T) {
+	c := startCluster(t, 1, nil)
+	node := c.nodes[0]
+	w := c.connect("victim", "")
+	if err := c.helper.JoinChan(bg, "victim", "room"); err != nil {
+		t.Fatal(err)
+	}
+	waitSubscribers(t, c, "room", 1)
+	for _, m := range [][2]string{
+		{"im:n:" + node.NodeID(), "not json"},
+		{"im:n:" + node.NodeID(), `{"k":"send","to":["victim"]}` + "\n\xff\xfe"},
+		{"im:n:" + node.NodeID(), `{"k":"explode"}`},
+		{"im:c:room", "\x00\x01"},
+		{"im:broadcast", ""},
+	} {
+		rc := c.helper.Redis()
+		if err := rc.Do(bg, rc.B().Publish().Channel(m[0]).Message(m[1]).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.helper.SendMessage(bg, "x", []string{"victim"}, `"still here"`); err != nil {
+		t.Fatal(err)
+	}
+	if f := w.next(t); string(f.Data) != `"still here"` {
+		t.Fatalf("got %+v", f)
+	}
+	checkFor(t, 2*time.Second, func() error {
+		_, body := getJSON(t, "http://"+node.AdminAddr().String()+"/metrics")
+		if v := metricValue(body, "im_malformed_messages_total"); v != 5 {
+			return fmt.Errorf("im_malformed_messages_total = %v, want 5", v)
+		}
+		return nil
+	})
+}
+
+// dialStalled opens a socket that never reads, with a tiny receive buffer,
+// as a client on a stalled network would.
+func dialStalled(u string) (*websocket.Conn, error) {
+	d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	hc := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	ctx, cancel := context.WithTimeout(bg, 5*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: hc})
+	return conn, err
+}
+
+// TestSlowConsumers: clients that stop reading are closed with the
+// slow-consumer code once their queue bound is passed; the others receive
+// every message in order.
+func TestSlowConsumers(t *testing.T) {
+	c := startCluster(t, 1, func(cfg *imserver.Config) { cfg.MaxQueueBytes = 256 << 10 })
+	node := c.nodes[0]
+	const stalled, readers, msgs = 20, 50, 300
+	for i := 0; i < stalled; i++ {
+		u, err := c.helper.PrevConnectServer(bg, fmt.Sprintf("stall-%d", i), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := dialStalled(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.CloseNow()
+	}
+	var ok []*wsClient
+	for i := 0; i < readers; i++ {
+		ok = append(ok, c.connect(fmt.Sprintf("fast-%d", i), ""))
+	}
+	payload := `"` + strings.Repeat("p", 16<<10) + `"`
+	for i := 0; i < msgs; i++ {
+		if _, err := c.helper.SendBroadcastMessage(bg, `{"seq":`+strconv.Itoa(i)+`,"pad":`+payload+`}`); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond) // a steady stream the readers keep up with
+	}
+	for _, w := range ok {
+		for i := 0; i < msgs; i++ {
+			f := w.next(t)
+			if !strings.HasPrefix(string(f.Data), `{"seq":`+strconv.Itoa(i)+`,`) {
+				t.Fatalf("%s: message %d out of order or lost", w.id, i)
+			}
+		}
+	}
+	admin := "http://" + node.AdminAddr().String() + "/metrics"
+	checkFor(t, 10*time.Second, func() error {
+		_, body := getJSON(t, admin)
+		if v := metricValue(body, "im_slow_consumer_closes_total"); v != stalled {
+			return fmt.Errorf("im_slow_consumer_closes_total = %v, want %d", v, stalled)
+		}
+		if node.Connections() != readers {
+			return fmt.Errorf("%d sockets open, want %d", node.Connections(), readers)
+		}
+		return nil
+	})
+	for i := 0; i < stalled; i++ {
+		if ok, _ := c.helper.HasOnline(bg, fmt.Sprintf("stall-%d", i)); ok {
+			t.Fatalf("stall-%d still online", i)
+		}
+	}
+}
