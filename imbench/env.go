@@ -1,0 +1,387 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/imbroker/imbroker/imhelper"
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// env is everything one run uses: Redis, nodes, the coordinator's imhelper
+// client and the load processes.
+type env struct {
+	o        options
+	dir      string
+	redis    *proc
+	redisURL string
+	nodes    []*node
+	helper   *imhelper.Client
+	rc       rueidis.Client
+	workers  []*workerProc
+	closed   sync.Once
+}
+
+func newEnv(ctx context.Context, o options) (*env, error) {
+	dir, err := os.MkdirTemp("", "imbench-")
+	if err != nil {
+		return nil, err
+	}
+	e := &env{o: o, dir: dir}
+	fmt.Fprintf(os.Stderr, "imbench: logs in %s; load average %.2f\n", dir, loadavg())
+	if o.redisURL != "" {
+		e.redisURL = o.redisURL
+		pids := strings.Split(o.nodePIDs, ",")
+		for i, a := range strings.Split(o.admins, ",") {
+			if a == "" {
+				continue
+			}
+			n := &node{id: "target" + strconv.Itoa(i), admin: a}
+			if i < len(pids) {
+				if pid, err := strconv.Atoi(pids[i]); err == nil {
+					n.proc = &proc{name: n.id, done: make(chan struct{})}
+					n.proc.cmd = fakeCmd(pid)
+				}
+			}
+			e.nodes = append(e.nodes, n)
+		}
+	} else {
+		if e.redis, e.redisURL, err = startRedis(dir); err != nil {
+			return e, err
+		}
+		var extra []string
+		if o.nodeArgs != "" {
+			extra = strings.Fields(o.nodeArgs)
+		}
+		for i := 0; i < o.nodes; i++ {
+			n, err := startNode(dir, o.bin, "n"+strconv.Itoa(i+1), e.redisURL, extra)
+			if err != nil {
+				return e, err
+			}
+			e.nodes = append(e.nodes, n)
+		}
+	}
+	e.helper, err = imhelper.New(ctx, imhelper.Options{RedisURL: e.redisURL, TokenTTL: 10 * time.Minute})
+	if err != nil {
+		return e, err
+	}
+	e.rc = e.helper.Redis()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_ = e.helper.RefreshNodes(ctx)
+		if n := len(e.helper.Nodes()); n > 0 && (o.redisURL != "" || n >= o.nodes) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return e, errors.New("nodes did not register in Redis")
+		}
+	}
+	return e, nil
+}
+
+func (e *env) close() {
+	e.closed.Do(func() {
+		var wg sync.WaitGroup
+		for _, w := range e.workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				done := make(chan struct{})
+				go func() { _, _ = w.call(workerReq{Op: "close"}); close(done) }()
+				select {
+				case <-done:
+				case <-time.After(10 * time.Second):
+				}
+				w.stop(2 * time.Second)
+			}()
+		}
+		wg.Wait()
+		if e.helper != nil {
+			e.helper.Close()
+		}
+		for _, n := range e.nodes {
+			if n.proc != nil && n.proc.cmd.Path != "" {
+				wg.Add(1)
+				go func() { defer wg.Done(); n.stop(10 * time.Second) }()
+			}
+		}
+		wg.Wait()
+		if e.redis != nil {
+			e.redis.stop(5 * time.Second)
+		}
+	})
+}
+
+// pids lists the processes whose CPU is reported.
+func (e *env) nodePIDs() []int {
+	var out []int
+	for _, n := range e.nodes {
+		if n.proc != nil {
+			out = append(out, n.pid())
+		}
+	}
+	return out
+}
+
+func (e *env) loadPIDs() []int {
+	out := []int{os.Getpid()}
+	for _, w := range e.workers {
+		out = append(out, w.pid())
+	}
+	return out
+}
+
+func (e *env) allPIDs() []int {
+	out := append(e.nodePIDs(), e.loadPIDs()...)
+	if e.redis != nil {
+		out = append(out, e.redis.pid())
+	}
+	return out
+}
+
+// cpuSummary formats a meter's result as node, redis and load CPU in % of
+// one core.
+type cpuSummary struct{ node, redis, load float64 }
+
+func (e *env) cpu(m *cpuMeter) cpuSummary {
+	p := m.pct()
+	var s cpuSummary
+	for _, pid := range e.nodePIDs() {
+		s.node += p[pid]
+	}
+	for _, pid := range e.loadPIDs() {
+		s.load += p[pid]
+	}
+	if e.redis != nil {
+		s.redis = p[e.redis.pid()]
+	}
+	return s
+}
+
+// ensureWorkers starts enough load processes for total sockets.
+func (e *env) ensureWorkers(total int) error {
+	need := (total + e.o.perProc - 1) / e.o.perProc
+	for len(e.workers) < need {
+		w, err := startWorker(e.dir, len(e.workers))
+		if err != nil {
+			return err
+		}
+		e.workers = append(e.workers, w)
+	}
+	return nil
+}
+
+// connResult merges the workers' connect replies.
+type connResult struct {
+	ok, failed           int
+	errors               map[string]int
+	fetchStart, fetchEnd int64
+	dialStart, dialEnd   int64
+	hist                 Counts
+}
+
+// connectAll opens count sockets for clients c0 … c<count-1>, split in
+// contiguous ranges over the load processes, each with its own source
+// addresses.
+func (e *env) connectAll(ctx context.Context, count, dialers int, prefetch bool) (connResult, error) {
+	r := connResult{errors: map[string]int{}, hist: Counts{}}
+	if err := e.ensureWorkers(count); err != nil {
+		return r, err
+	}
+	nw := len(e.workers)
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(10 * time.Minute)
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var firstErr error
+	first := 0
+	for i, w := range e.workers {
+		n := count / nw
+		if i < count%nw {
+			n++
+		}
+		var locals []string
+		for j := 0; j < e.o.locals; j++ {
+			locals = append(locals, fmt.Sprintf("127.0.%d.%d", 1+(i*e.o.locals+j)/250, 2+(i*e.o.locals+j)%250))
+		}
+		req := workerReq{Op: "connect", RedisURL: e.redisURL, First: first, Count: n,
+			Dialers: max(1, dialers/nw), Local: locals, Prefetch: prefetch, Deadline: dl.UnixNano()}
+		first += n
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := w.call(req)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			r.ok += resp.OK
+			r.failed += resp.Failed
+			for k, v := range resp.Errors {
+				r.errors[k] += v
+			}
+			r.hist.Add(resp.ConnectHist)
+			minSet := func(p *int64, v int64) {
+				if v != 0 && (*p == 0 || v < *p) {
+					*p = v
+				}
+			}
+			minSet(&r.fetchStart, resp.FetchStart)
+			minSet(&r.dialStart, resp.DialStart)
+			r.fetchEnd = max(r.fetchEnd, resp.FetchEnd)
+			r.dialEnd = max(r.dialEnd, resp.DialEnd)
+		}()
+	}
+	wg.Wait()
+	return r, firstErr
+}
+
+// waitOnline waits until Redis shows n online clients and returns when
+// that happened.
+func (e *env) waitOnline(ctx context.Context, n int64, limit time.Duration) (time.Time, int64, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		c, err := e.helper.OnlineCount(ctx)
+		if err == nil && c >= n {
+			return time.Now(), c, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return time.Now(), c, fmt.Errorf("only %d of %d clients online after %s", c, n, limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stats merges the workers' receive statistics.
+type recvStats struct {
+	alive     int64
+	steps     []stepStats
+	hists     []Counts
+	bad       int64
+	misrouted int64
+	other     int64
+}
+
+func (e *env) stats() (recvStats, error) {
+	var s recvStats
+	for _, w := range e.workers {
+		r, err := w.call(workerReq{Op: "stats"})
+		if err != nil {
+			return s, err
+		}
+		s.alive += r.Alive
+		s.bad += r.Bad
+		s.misrouted += r.Misrouted
+		s.other += r.Other
+		for i, st := range r.Steps {
+			for len(s.steps) <= i {
+				s.steps = append(s.steps, stepStats{})
+				s.hists = append(s.hists, Counts{})
+			}
+			s.steps[i].Uniq += st.Uniq
+			s.steps[i].Dups += st.Dups
+			s.steps[i].Last = max(s.steps[i].Last, st.Last)
+			s.hists[i].Add(r.Hists[i])
+		}
+	}
+	return s, nil
+}
+
+func (s recvStats) step(k int) (stepStats, Counts) {
+	if k < len(s.steps) {
+		return s.steps[k], s.hists[k]
+	}
+	return stepStats{}, Counts{}
+}
+
+func (e *env) arm(mode string, maxSeq int) error {
+	for _, w := range e.workers {
+		if _, err := w.call(workerReq{Op: "arm", Mode: mode, MaxSeq: maxSeq}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// commandStats returns Redis' total command calls and PUBLISH calls.
+func (e *env) commandStats(ctx context.Context) (total, publish int64) {
+	s, err := e.rc.Do(ctx, e.rc.B().Info().Section("commandstats").Build()).ToString()
+	if err != nil {
+		return -1, -1
+	}
+	for _, line := range strings.Split(s, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+		n, _ := strconv.ParseInt(calls, 10, 64)
+		if name == "cmdstat_info" {
+			continue
+		}
+		total += n
+		if name == "cmdstat_publish" {
+			publish = n
+		}
+	}
+	return total, publish
+}
+
+// nodeSample is RSS and goroutines of every node.
+type nodeSample struct {
+	rss        int64
+	goroutines int
+	haveG      bool
+	rt         runtimeStats
+}
+
+func (e *env) sampleNodes() nodeSample {
+	var s nodeSample
+	s.haveG = true
+	for _, n := range e.nodes {
+		if n.proc != nil {
+			_, rss, _ := procStat(n.pid())
+			s.rss += rss
+		}
+		rt, ok := n.runtime()
+		if !ok {
+			s.haveG = false
+		}
+		s.goroutines += rt.Goroutines
+		s.rt.HeapInuse += rt.HeapInuse
+		s.rt.StackInuse += rt.StackInuse
+		s.rt.Sys += rt.Sys
+	}
+	return s
+}
+
+func (e *env) nodeConns() int64 {
+	var total int64
+	for _, n := range e.nodes {
+		m, err := n.metrics()
+		if err == nil {
+			total += int64(m["im_connections"])
+		}
+	}
+	return total
+}
+
+// ownersOf returns the distinct owning nodes of clients c0 … c<n-1>.
+func (e *env) ownersOf(n int) map[string]int {
+	nodes := e.helper.Nodes()
+	out := map[string]int{}
+	for i := 0; i < n; i++ {
+		out[wire.Owner("c"+strconv.Itoa(i), nodes)]++
+	}
+	return out
+}

@@ -1,0 +1,472 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+func kib(b float64) string { return fmt.Sprintf("%.1f", b/1024) }
+
+func (e *env) note(t *Table, load0 float64) {
+	t.Notes = append(t.Notes, fmt.Sprintf("nodes: %d (%s); load average at start %.2f, at end %.2f; %d load processes",
+		len(e.nodes), e.nodeKind(), load0, loadavg(), len(e.workers)))
+}
+
+func (e *env) nodeKind() string {
+	if e.o.redisURL != "" {
+		return "targeted"
+	}
+	if e.o.bin != "" {
+		return "binary " + filepath.Base(e.o.bin)
+	}
+	return "imbench node mode"
+}
+
+func errSummary(m map[string]int) string {
+	type kv struct {
+		k string
+		v int
+	}
+	var l []kv
+	for k, v := range m {
+		l = append(l, kv{k, v})
+	}
+	sort.Slice(l, func(i, j int) bool { return l[i].v > l[j].v })
+	var parts []string
+	for i, x := range l {
+		if i == 3 {
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%d× %s", x.v, x.k))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// idle: RSS, goroutines and CPU of the nodes holding C idle sockets.
+func (e *env) idle(ctx context.Context) (*Table, []plotRow, error) {
+	load0 := loadavg()
+	time.Sleep(2 * time.Second)
+	base := e.sampleNodes()
+	if err := e.ensureWorkers(e.o.conns); err != nil {
+		return nil, nil, err
+	}
+	cr, err := e.connectAll(ctx, e.o.conns, e.o.dialers, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, _, err := e.waitOnline(ctx, int64(cr.ok), time.Minute); err != nil {
+		return nil, nil, err
+	}
+	// Let connection set-up garbage be collected before measuring.
+	time.Sleep(5 * time.Second)
+	m := newCPUMeter(e.allPIDs())
+	select {
+	case <-time.After(e.o.window):
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+	cpu := e.cpu(m)
+	s := e.sampleNodes()
+	st, err := e.stats()
+	if err != nil {
+		return nil, nil, err
+	}
+	conns := float64(e.nodeConns())
+	t := &Table{Title: fmt.Sprintf("idle: %d connections", e.o.conns),
+		Cols: []string{"conns", "alive", "failed", "node RSS MiB", "RSS/conn KiB", "ΔRSS/conn KiB", "heap/conn KiB", "stack/conn KiB", "goroutines/conn", "node CPU %", "redis CPU %", "load CPU %"}}
+	gor := "-"
+	if s.haveG && conns > 0 {
+		gor = f2(float64(s.goroutines-base.goroutines) / conns)
+	}
+	heap, stack := "-", "-"
+	if s.rt.HeapInuse > 0 && conns > 0 {
+		heap = kib(float64(s.rt.HeapInuse-base.rt.HeapInuse) / conns)
+		stack = kib(float64(s.rt.StackInuse-base.rt.StackInuse) / conns)
+	}
+	t.Add(f0(conns), itoa(st.alive), strconv.Itoa(cr.failed), f1(float64(s.rss)/(1<<20)), kib(float64(s.rss)/conns),
+		kib(float64(s.rss-base.rss)/conns), heap, stack, gor, f2(cpu.node), f2(cpu.redis), f2(cpu.load))
+	t.Notes = append(t.Notes, fmt.Sprintf("CPU over a %s window after connecting; ΔRSS is RSS minus the node's RSS before any connection (%.1f MiB); goroutines %d → %d",
+		e.o.window, float64(base.rss)/(1<<20), base.goroutines, s.goroutines))
+	if cr.failed > 0 {
+		t.Notes = append(t.Notes, "connect errors: "+errSummary(cr.errors))
+	}
+	if e.o.profile != "" && len(e.nodes) > 0 {
+		_ = os.MkdirAll(e.o.profile, 0o755)
+		f := filepath.Join(e.o.profile, "idle-heap.pprof")
+		if err := e.nodes[0].fetchProfile("heap", f); err == nil {
+			t.Notes = append(t.Notes, "heap profile: "+f)
+		}
+	}
+	e.note(t, load0)
+	return t, nil, nil
+}
+
+// connect and burst: how fast clients come online. connect prefetches every
+// URL and then dials with -dialers; burst fetches each URL in the dialer, as
+// a reconnect storm would, with (by default) one dialer per client.
+func (e *env) connect(ctx context.Context, burst bool) (*Table, []plotRow, error) {
+	load0 := loadavg()
+	dialers := e.o.dialers
+	if burst && dialers <= 0 {
+		dialers = min(e.o.conns, 4000)
+	}
+	if err := e.ensureWorkers(e.o.conns); err != nil {
+		return nil, nil, err
+	}
+	time.Sleep(500 * time.Millisecond)
+	tot0, _ := e.commandStats(ctx)
+	m := newCPUMeter(e.allPIDs())
+	start := time.Now()
+	cr, err := e.connectAll(ctx, e.o.conns, dialers, !burst)
+	if err != nil {
+		return nil, nil, err
+	}
+	online, n, werr := e.waitOnline(ctx, int64(cr.ok), time.Minute)
+	cpu := e.cpu(m)
+	tot1, _ := e.commandStats(ctx)
+	name := "connect"
+	if burst {
+		name = "burst"
+	}
+	t := &Table{Title: fmt.Sprintf("%s: %d connections, %d dialers", name, e.o.conns, dialers),
+		Cols: []string{"conns", "ok", "failed", "tokens/s", "handshakes/s", "online/s", "time to all online s", "connect p50 ms", "p99 ms", "max ms", "node CPU %", "redis CPU %", "load CPU %", "redis cmds/conn"}}
+	tokens := "-"
+	if cr.fetchEnd > cr.fetchStart && cr.fetchStart > 0 {
+		tokens = f0(float64(e.o.conns) / (float64(cr.fetchEnd-cr.fetchStart) / 1e9))
+	}
+	dialDur := float64(cr.dialEnd-cr.dialStart) / 1e9
+	onlineDur := online.Sub(time.Unix(0, cr.dialStart)).Seconds()
+	if burst {
+		onlineDur = online.Sub(start).Seconds()
+	}
+	t.Add(strconv.Itoa(e.o.conns), strconv.Itoa(cr.ok), strconv.Itoa(cr.failed), tokens, f0(float64(cr.ok)/dialDur),
+		f0(float64(n)/onlineDur), f2(onlineDur), ms(cr.hist.Quantile(0.5)), ms(cr.hist.Quantile(0.99)), ms(cr.hist.Max()),
+		f1(cpu.node), f1(cpu.redis), f1(cpu.load), f2(float64(tot1-tot0)/float64(max(1, cr.ok))))
+	t.Notes = append(t.Notes, "online/s counts from the first dial until Redis lists every client online (token consumed, presence and online event written)")
+	if burst {
+		t.Notes = append(t.Notes, "burst: each dialer calls PrevConnectServer then dials, so connect times and online/s include token issue; redis cmds/conn include the token SET")
+	} else {
+		t.Notes = append(t.Notes, "connect: URLs were fetched before dialling (tokens/s); redis cmds/conn cover the dial phase only")
+	}
+	if cr.failed > 0 {
+		t.Notes = append(t.Notes, "connect errors: "+errSummary(cr.errors))
+	}
+	e.note(t, load0)
+	return t, nil, werr
+}
+
+// stepResult is the outcome of one rate step.
+type stepResult struct {
+	target, achieved float64
+	sent, sendErrs   int64
+	expected         int64
+	st               stepStats
+	hist             Counts
+	start            time.Time
+	cpu              cpuSummary
+	cmds, pubs       int64
+}
+
+// drainStep waits until step k has every expected delivery or drain passed.
+func (e *env) drainStep(ctx context.Context, k int, expected int64) (recvStats, error) {
+	deadline := time.Now().Add(e.o.drain)
+	for {
+		s, err := e.stats()
+		if err != nil {
+			return s, err
+		}
+		st, _ := s.step(k)
+		if st.Uniq >= expected || time.Now().After(deadline) || ctx.Err() != nil {
+			return s, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func rateTable(title string, unit string) *Table {
+	return &Table{Title: title, Cols: []string{"target " + unit, "sent " + unit, "deliveries/s", "p50 ms", "p99 ms", "p999 ms", "max ms",
+		"sent", "delivered", "lost", "dup", "node CPU %", "redis CPU %", "load CPU %", "redis cmds/msg", "PUBLISH/msg"}}
+}
+
+func (r stepResult) row(t *Table) plotRow {
+	deliv := 0.0
+	if r.st.Last > 0 {
+		deliv = float64(r.st.Uniq) / (float64(r.st.Last-r.start.UnixNano()) / 1e9)
+	}
+	lost := r.expected - r.st.Uniq
+	t.Add(f0(r.target), f0(r.achieved), f0(deliv), ms(r.hist.Quantile(0.5)), ms(r.hist.Quantile(0.99)), ms(r.hist.Quantile(0.999)), ms(r.hist.Max()),
+		itoa(r.sent), itoa(r.st.Uniq), itoa(lost), itoa(r.st.Dups), f1(r.cpu.node), f1(r.cpu.redis), f1(r.cpu.load),
+		f2(float64(r.cmds)/float64(max(1, r.sent))), f2(float64(r.pubs)/float64(max(1, r.sent))))
+	return plotRow{Rate: r.achieved, Deliv: deliv, P50: r.hist.Quantile(0.5), P99: r.hist.Quantile(0.99), P999: r.hist.Quantile(0.999)}
+}
+
+func (e *env) profileStep(ctx context.Context, name string, k int) func() string {
+	if e.o.profile == "" || len(e.nodes) == 0 || e.nodes[0].debug == "" {
+		return func() string { return "" }
+	}
+	_ = os.MkdirAll(e.o.profile, 0o755)
+	f := filepath.Join(e.o.profile, fmt.Sprintf("%s-step%d-cpu.pprof", name, k))
+	secs := max(1, int(e.o.step.Seconds())-1)
+	done := make(chan error, 1)
+	go func() { done <- e.nodes[0].cpuProfile(ctx, secs, f) }()
+	return func() string {
+		if err := <-done; err != nil {
+			return ""
+		}
+		return f
+	}
+}
+
+// fanout: one channel with M members, rising message rates.
+func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
+	load0 := loadavg()
+	rates, err := parseRates(e.o.rates, "1,10,20,30,40")
+	if err != nil {
+		return nil, nil, err
+	}
+	const ch = "bench"
+	M := e.o.members
+	// Join before connecting: the node loads the membership with presence.
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	var joinErr atomic.Value
+	for g := 0; g < 64; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= M || ctx.Err() != nil {
+					return
+				}
+				if err := e.helper.JoinChan(ctx, "c"+strconv.Itoa(i), ch); err != nil {
+					joinErr.Store(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := joinErr.Load().(error); err != nil {
+		return nil, nil, fmt.Errorf("join: %w", err)
+	}
+	cr, err := e.connectAll(ctx, M, e.o.dialers, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cr.ok != M {
+		return nil, nil, fmt.Errorf("only %d of %d members connected: %s", cr.ok, M, errSummary(cr.errors))
+	}
+	if _, _, err := e.waitOnline(ctx, int64(M), time.Minute); err != nil {
+		return nil, nil, err
+	}
+	// Wait until every owning node subscribed to the channel's topic.
+	owners := len(e.ownersOf(M))
+	topic := wire.Names{Prefix: wire.DefaultPrefix}.TopicChannel(ch)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		res, err := e.rc.Do(ctx, e.rc.B().PubsubNumsub().Channel(topic).Build()).ToArray()
+		if err == nil && len(res) == 2 {
+			if n, _ := res[1].AsInt64(); n >= int64(owners) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, nil, fmt.Errorf("topic %s not subscribed by %d nodes", topic, owners)
+		}
+	}
+	maxSeq := 16
+	for _, r := range rates {
+		maxSeq += int(r*e.o.step.Seconds()) + 1
+	}
+	if err := e.arm("fanout", maxSeq); err != nil {
+		return nil, nil, err
+	}
+	seq := 0
+	send := func(k int) error {
+		p := appendPayload(make([]byte, 0, e.o.payload+8), k, seq, time.Now().UnixNano(), -1, e.o.payload)
+		seq++
+		_, err := e.helper.SendChanMessage(ctx, "bench-pub", ch, p)
+		return err
+	}
+	// Step 0 is a warm-up: every member must get its messages.
+	for i := 0; i < 5; i++ {
+		if err := send(0); err != nil {
+			return nil, nil, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s, err := e.drainStep(ctx, 0, int64(5*M))
+	if err != nil {
+		return nil, nil, err
+	}
+	if st, _ := s.step(0); st.Uniq != int64(5*M) {
+		return nil, nil, fmt.Errorf("warm-up: %d of %d deliveries", st.Uniq, 5*M)
+	}
+
+	t := rateTable(fmt.Sprintf("fanout: one channel, %d members, %d-byte payload, %s steps", M, e.o.payload, e.o.step), "msg/s")
+	var rows []plotRow
+	for i, rate := range rates {
+		k := i + 1
+		count := int(rate * e.o.step.Seconds())
+		r := stepResult{target: rate, expected: 0}
+		cmd0, pub0 := e.commandStats(ctx)
+		m := newCPUMeter(e.allPIDs())
+		prof := e.profileStep(ctx, "fanout", k)
+		r.start = time.Now()
+		for j := 0; j < count && ctx.Err() == nil; j++ {
+			if d := time.Until(r.start.Add(time.Duration(float64(j) / rate * float64(time.Second)))); d > 0 {
+				time.Sleep(d)
+			}
+			if err := send(k); err != nil {
+				r.sendErrs++
+				continue
+			}
+			r.sent++
+		}
+		r.achieved = float64(r.sent) / time.Since(r.start).Seconds()
+		r.expected = r.sent * int64(M)
+		s, err := e.drainStep(ctx, k, r.expected)
+		if err != nil {
+			return t, rows, err
+		}
+		r.cpu = e.cpu(m)
+		cmd1, pub1 := e.commandStats(ctx)
+		r.cmds, r.pubs = cmd1-cmd0, pub1-pub0
+		r.st, r.hist = s.step(k)
+		pr := r.row(t)
+		pr.Scenario = "fanout"
+		rows = append(rows, pr)
+		if f := prof(); f != "" {
+			t.Notes = append(t.Notes, fmt.Sprintf("node CPU profile of step %d: %s", k, f))
+		}
+		if s.alive != int64(M) {
+			t.Notes = append(t.Notes, fmt.Sprintf("after step %d only %d of %d sockets alive", k, s.alive, M))
+			break
+		}
+		if r.hist.Quantile(0.99) > float64(e.o.maxP99.Milliseconds()) || r.st.Uniq < r.expected || ctx.Err() != nil {
+			t.Notes = append(t.Notes, fmt.Sprintf("stopped after step %d: p99 above %s, lost messages or deadline", k, e.o.maxP99))
+			break
+		}
+	}
+	if s, err := e.stats(); err == nil && (s.bad > 0 || s.other > 0) {
+		t.Notes = append(t.Notes, fmt.Sprintf("unexpected frames: %d malformed, %d not from the benchmark", s.bad, s.other))
+	}
+	t.Notes = append(t.Notes, "latency: from the send time in the payload (ns, taken just before SendChanMessage) to the receiving load process reading the frame; lost = sent × members − delivered after a drain of up to "+e.o.drain.String())
+	e.note(t, load0)
+	return t, rows, nil
+}
+
+// p2p: SendMessage to random online clients from several publishers.
+func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
+	load0 := loadavg()
+	rates, err := parseRates(e.o.rates, "5000,10000,20000,40000,60000,80000,100000")
+	if err != nil {
+		return nil, nil, err
+	}
+	C := e.o.conns
+	cr, err := e.connectAll(ctx, C, e.o.dialers, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cr.ok != C {
+		return nil, nil, fmt.Errorf("only %d of %d clients connected: %s", cr.ok, C, errSummary(cr.errors))
+	}
+	if _, _, err := e.waitOnline(ctx, int64(C), time.Minute); err != nil {
+		return nil, nil, err
+	}
+	maxSeq := 16
+	for _, r := range rates {
+		maxSeq += int(r*e.o.step.Seconds()) + e.o.publishers
+	}
+	if err := e.arm("p2p", maxSeq); err != nil {
+		return nil, nil, err
+	}
+	var seq atomic.Int64
+	t := rateTable(fmt.Sprintf("p2p: %d clients, %d publishers, %d-byte payload, %s steps", C, e.o.publishers, e.o.payload, e.o.step), "msg/s")
+	var rows []plotRow
+	P := e.o.publishers
+	for i, rate := range rates {
+		k := i + 1
+		count := int(rate * e.o.step.Seconds())
+		r := stepResult{target: rate}
+		cmd0, pub0 := e.commandStats(ctx)
+		m := newCPUMeter(e.allPIDs())
+		prof := e.profileStep(ctx, "p2p", k)
+		r.start = time.Now()
+		var sent, errs atomic.Int64
+		var wg sync.WaitGroup
+		for p := 0; p < P; p++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				from := "pub" + strconv.Itoa(p)
+				rng := rand.New(rand.NewPCG(uint64(p), uint64(k)))
+				buf := make([]byte, 0, e.o.payload+8)
+				mine := count / P
+				if p < count%P {
+					mine++
+				}
+				perPub := rate / float64(P)
+				for j := 0; j < mine && ctx.Err() == nil; j++ {
+					due := r.start.Add(time.Duration((float64(j) + float64(p)/float64(P)) / perPub * float64(time.Second)))
+					if d := time.Until(due); d > 0 {
+						time.Sleep(d)
+					}
+					to := rng.IntN(C)
+					sq := int(seq.Add(1) - 1)
+					buf = appendPayload(buf[:0], k, sq, time.Now().UnixNano(), to, e.o.payload)
+					if _, err := e.helper.SendMessage(ctx, from, []string{"c" + strconv.Itoa(to)}, buf); err != nil {
+						errs.Add(1)
+						continue
+					}
+					sent.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		r.sent, r.sendErrs = sent.Load(), errs.Load()
+		r.achieved = float64(r.sent) / time.Since(r.start).Seconds()
+		r.expected = r.sent
+		s, err := e.drainStep(ctx, k, r.expected)
+		if err != nil {
+			return t, rows, err
+		}
+		r.cpu = e.cpu(m)
+		cmd1, pub1 := e.commandStats(ctx)
+		r.cmds, r.pubs = cmd1-cmd0, pub1-pub0
+		r.st, r.hist = s.step(k)
+		pr := r.row(t)
+		pr.Scenario = "p2p"
+		rows = append(rows, pr)
+		if f := prof(); f != "" {
+			t.Notes = append(t.Notes, fmt.Sprintf("node CPU profile of step %d: %s", k, f))
+		}
+		if r.sendErrs > 0 {
+			t.Notes = append(t.Notes, fmt.Sprintf("step %d: %d SendMessage errors", k, r.sendErrs))
+		}
+		if s.misrouted > 0 {
+			t.Notes = append(t.Notes, fmt.Sprintf("after step %d: %d messages reached the wrong client", k, s.misrouted))
+		}
+		if s.alive != int64(C) {
+			t.Notes = append(t.Notes, fmt.Sprintf("after step %d only %d of %d sockets alive", k, s.alive, C))
+			break
+		}
+		if r.hist.Quantile(0.99) > float64(e.o.maxP99.Milliseconds()) || r.st.Uniq < r.expected || ctx.Err() != nil {
+			t.Notes = append(t.Notes, fmt.Sprintf("stopped after step %d: p99 above %s, lost messages or deadline", k, e.o.maxP99))
+			break
+		}
+	}
+	t.Notes = append(t.Notes, "latency: from the send time in the payload (ns, taken just before SendMessage) to the receiving load process reading the frame; receivers are uniform random; \"sent msg/s\" is what the publishers achieved")
+	e.note(t, load0)
+	return t, rows, nil
+}
