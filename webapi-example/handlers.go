@@ -25,7 +25,7 @@ const (
 
 var (
 	roomPattern  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
-	msgIDPattern = regexp.MustCompile(`^[0-9]{13}-[0-9a-f]{8}$`)
+	msgIDPattern = regexp.MustCompile(`^[0-9]{16}$`)
 )
 
 func validRoom(s string) bool { return roomPattern.MatchString(s) }
@@ -395,9 +395,14 @@ func (a *App) sendRoom(w http.ResponseWriter, r *http.Request) {
 	if !ok || !a.requireMember(w, r) {
 		return
 	}
-	u, room, now := currentUser(r), chi.URLParam(r, "room"), a.now()
-	m := roomMessage{Kind: "chat", Room: room, MsgID: newMessageID(now), From: u.ID, Nick: u.Nick,
-		Text: text, TS: now.UnixMilli()}
+	u, room := currentUser(r), chi.URLParam(r, "room")
+	id, err := a.db.newMessageID(r.Context(), room)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	m := roomMessage{Kind: "chat", Room: room, MsgID: id, From: u.ID, Nick: u.Nick,
+		Text: text, TS: a.now().UnixMilli()}
 	if err := a.db.addMessage(r.Context(), m); err != nil {
 		a.internalError(w, r, err)
 		return

@@ -22,7 +22,8 @@ import (
 //	chat:rooms                  SET room names
 //	chat:room:<r>:members       SET user ids (the business membership)
 //	chat:user:<id>:rooms        SET room names
-//	chat:room:<r>:hist          ZSET message ids, all score 0 (ids sort by time)
+//	chat:room:<r>:seq           STRING counter of message ids
+//	chat:room:<r>:hist          ZSET message ids, all score 0 (ids sort in order)
 //	chat:room:<r>:msg           HASH message id -> roomMessage JSON
 //	chat:inbox:<id>             LIST of directMessage JSON kept for an offline user
 const (
@@ -218,12 +219,12 @@ func (s store) leave(ctx context.Context, room, id string) error {
 		s.b().Srem().Key(keyPrefix+"user:"+id+":rooms").Member(room).Build()))
 }
 
-// newMessageID returns an id that sorts by time as a string: 13 digits of
-// unix ms and 32 random bits.
-func newMessageID(now time.Time) string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return fmt.Sprintf("%013d-%x", now.UnixMilli(), b)
+// newMessageID returns the room's next message id: a per-room counter,
+// zero-padded so that ids sort as strings in the order they were issued,
+// even within one millisecond.
+func (s store) newMessageID(ctx context.Context, room string) (string, error) {
+	n, err := s.do(ctx, s.b().Incr().Key(roomKey(room, "seq")).Build()).AsInt64()
+	return fmt.Sprintf("%016d", n), err
 }
 
 // addMessage appends m to its room's history and drops the oldest messages
