@@ -40,8 +40,8 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusUpgradeRequired, "not_websocket", "WebSocket upgrade required")
 		return
 	}
-	token := r.URL.Query().Get("token")
-	if !wire.ValidToken(token) {
+	token := wire.TokenFromQuery(r.URL.RawQuery)
+	if token == "" {
 		s.refuse(w, http.StatusUnauthorized, "bad_token", "missing or malformed token")
 		return
 	}
@@ -121,7 +121,9 @@ func (s *Server) consumeToken(ctx context.Context, token string) (wire.TokenReco
 	switch code {
 	case 1:
 		v, _ := res[1].ToString()
-		if json.Unmarshal([]byte(v), &rec) != nil || wire.ValidateClientID(rec.Client) != nil {
+		rec, err := wire.DecodeTokenRecord([]byte(v))
+		if err != nil {
+			s.malformed(s.names.TokenKey(token), err)
 			return rec, tokenMissing
 		}
 		return rec, tokenOK

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // metrics are the node's Prometheus series; docs/operations.md lists them.
@@ -45,6 +46,7 @@ func newMetrics() *metrics {
 		Help:    "Time from publish (the frame's ts, millisecond resolution) to the socket write.",
 		Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5},
 	})
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(m.conns, m.clients, m.connects, m.refusals, m.closes, m.messagesIn,
 		m.delivered, m.dropped, m.slowCloses, m.malformed, m.reconnects, m.redisErrs, m.latency)
 	return m

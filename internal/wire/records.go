@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
+	"net/url"
 	"time"
 )
 
@@ -104,4 +105,30 @@ func NewID(now time.Time) string {
 		}
 	}
 	return string(b[:])
+}
+
+// DecodeTokenRecord parses a token record read from Redis; a record without
+// a valid node or clientId is malformed.
+func DecodeTokenRecord(b []byte) (TokenRecord, error) {
+	var r TokenRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("%w: token record: %v", ErrMalformed, err)
+	}
+	if ValidateClientID(r.Client) != nil || ValidateClientID(r.Node) != nil || ValidateMeta(r.Meta) != nil {
+		return r, fmt.Errorf("%w: token record fields", ErrMalformed)
+	}
+	return r, nil
+}
+
+// TokenFromQuery extracts the token from a /ws query string; "" if absent
+// or malformed.
+func TokenFromQuery(rawQuery string) string {
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil || len(q["token"]) != 1 {
+		return ""
+	}
+	if t := q.Get("token"); ValidToken(t) {
+		return t
+	}
+	return ""
 }

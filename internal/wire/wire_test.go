@@ -231,3 +231,28 @@ func FuzzFrames(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeTokenRecord(f *testing.F) {
+	f.Add([]byte(`{"node":"n1","client":"alice","meta":"m","iat":1}`))
+	f.Add([]byte(`{"node":"","client":"a b"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeTokenRecord(b)
+		if err != nil {
+			return
+		}
+		if ValidateClientID(r.Client) != nil || ValidateClientID(r.Node) != nil {
+			t.Fatalf("accepted a record with bad ids: %+v", r)
+		}
+	})
+}
+
+func FuzzTokenFromQuery(f *testing.F) {
+	f.Add("token=" + NewToken())
+	f.Add("token=a&token=b")
+	f.Add("token=%zz")
+	f.Fuzz(func(t *testing.T, q string) {
+		if tok := TokenFromQuery(q); tok != "" && !ValidToken(tok) {
+			t.Fatalf("TokenFromQuery(%q) = %q, not a valid token", q, tok)
+		}
+	})
+}

@@ -1,0 +1,76 @@
+package imhelper
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/imbroker/imbroker/internal/redistest"
+)
+
+func TestEncodePayload(t *testing.T) {
+	c := &Client{opt: Options{MaxPayload: 64}}
+	cases := []struct {
+		in   any
+		want string
+		err  error
+	}{
+		{`{ "a" : [1, 2] }`, `{"a":[1,2]}`, nil},
+		{[]byte("\n\"text\"\n"), `"text"`, nil},
+		{json.RawMessage(`null`), `null`, nil},
+		{map[string]int{"n": 1}, `{"n":1}`, nil},
+		{struct{ X string }{"<&>"}, `{"X":"\u003c\u0026\u003e"}`, nil},
+		{`{"a":`, "", ErrInvalidPayload},
+		{"", "", ErrInvalidPayload},
+		{make(chan int), "", ErrInvalidPayload},
+		{`"` + string(make([]byte, 70)) + `"`, "", ErrPayloadTooLarge},
+	}
+	for _, tc := range cases {
+		got, err := c.encodePayload(tc.in)
+		if !errors.Is(err, tc.err) || string(got) != tc.want {
+			t.Errorf("encodePayload(%v) = %s, %v; want %s, %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestNoNodes(t *testing.T) {
+	r := redistest.Start(t)
+	c, err := New(context.Background(), Options{RedisURL: r.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.PrevConnectServer(context.Background(), "a", ""); !errors.Is(err, ErrNoNodes) {
+		t.Errorf("PrevConnectServer with no nodes: %v", err)
+	}
+	if _, err := c.SendMessage(context.Background(), "a", []string{"b"}, `1`); !errors.Is(err, ErrNoNodes) {
+		t.Errorf("SendMessage with no nodes: %v", err)
+	}
+	c.Close()
+	if _, err := c.SendChanMessage(context.Background(), "a", "r", `1`); !errors.Is(err, ErrClosed) {
+		t.Errorf("after Close: %v", err)
+	}
+}
+
+func FuzzEncodePayload(f *testing.F) {
+	f.Add([]byte(`{"a":1}`))
+	f.Add([]byte(" [1,\n2] "))
+	c := &Client{opt: Options{MaxPayload: 1 << 16}}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		out, err := c.encodePayload(b)
+		if err != nil {
+			return
+		}
+		// Accepted payloads are valid, compact JSON: no raw newline can
+		// break the node message framing.
+		if !json.Valid(out) {
+			t.Fatalf("accepted invalid JSON %q", out)
+		}
+		for _, ch := range out {
+			if ch == '\n' {
+				t.Fatalf("newline survived compaction: %q", out)
+			}
+		}
+	})
+}
