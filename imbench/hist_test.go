@@ -59,6 +59,10 @@ func TestPayloadRoundTrip(t *testing.T) {
 	if !ok || m.step != 3 || m.seq != 123456 || m.sent != 1732340000123456789 || m.to != 42 {
 		t.Fatalf("parse gave %+v %v", m, ok)
 	}
+	p = appendPayload(nil, 1, 2, 3, -1, 100)
+	if m, ok := parseFrame([]byte(`{"data":` + string(p) + `}`)); !ok || m.to != -1 {
+		t.Fatalf("negative receiver: %+v %v", m, ok)
+	}
 	if _, ok := parseFrame([]byte(`{"type":"receipt"}`)); ok {
 		t.Fatal("frame without data parsed")
 	}

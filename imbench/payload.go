@@ -69,6 +69,10 @@ func parseInt(f []byte, prefix string) (int64, []byte, bool) {
 		return 0, f, false
 	}
 	f = f[len(prefix):]
+	neg := len(f) > 0 && f[0] == '-'
+	if neg {
+		f = f[1:]
+	}
 	var n int64
 	j := 0
 	for j < len(f) && f[j] >= '0' && f[j] <= '9' {
@@ -77,6 +81,9 @@ func parseInt(f []byte, prefix string) (int64, []byte, bool) {
 	}
 	if j == 0 {
 		return 0, f, false
+	}
+	if neg {
+		n = -n
 	}
 	return n, f[j:], true
 }

@@ -174,6 +174,7 @@ type stepResult struct {
 	st               stepStats
 	hist             Counts
 	start            time.Time
+	window           time.Duration // how long sending took
 	cpu              cpuSummary
 	cmds, pubs       int64
 }
@@ -200,9 +201,11 @@ func rateTable(title string, unit string) *Table {
 }
 
 func (r stepResult) row(t *Table) plotRow {
+	// Deliveries per second over the step: the send window, or until the
+	// last delivery if that came later.
 	deliv := 0.0
 	if r.st.Last > 0 {
-		deliv = float64(r.st.Uniq) / (float64(r.st.Last-r.start.UnixNano()) / 1e9)
+		deliv = float64(r.st.Uniq) / max(r.window.Seconds(), float64(r.st.Last-r.start.UnixNano())/1e9)
 	}
 	lost := r.expected - r.st.Uniq
 	t.Add(f0(r.target), f0(r.achieved), f0(deliv), ms(r.hist.Quantile(0.5)), ms(r.hist.Quantile(0.99)), ms(r.hist.Quantile(0.999)), ms(r.hist.Max()),
@@ -310,7 +313,7 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 		return nil, nil, err
 	}
 	if st, _ := s.step(0); st.Uniq != int64(5*M) {
-		return nil, nil, fmt.Errorf("warm-up: %d of %d deliveries", st.Uniq, 5*M)
+		return nil, nil, fmt.Errorf("warm-up: %d of %d deliveries (%d sockets alive, %d malformed, %d other frames)", st.Uniq, 5*M, s.alive, s.bad, s.other)
 	}
 
 	t := rateTable(fmt.Sprintf("fanout: one channel, %d members, %d-byte payload, %s steps", M, e.o.payload, e.o.step), "msg/s")
@@ -333,7 +336,8 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 			}
 			r.sent++
 		}
-		r.achieved = float64(r.sent) / time.Since(r.start).Seconds()
+		r.window = max(e.o.step, time.Since(r.start))
+		r.achieved = float64(r.sent) / r.window.Seconds()
 		r.expected = r.sent * int64(M)
 		s, err := e.drainStep(ctx, k, r.expected)
 		if err != nil {
@@ -435,7 +439,8 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 		}
 		wg.Wait()
 		r.sent, r.sendErrs = sent.Load(), errs.Load()
-		r.achieved = float64(r.sent) / time.Since(r.start).Seconds()
+		r.window = max(e.o.step, time.Since(r.start))
+		r.achieved = float64(r.sent) / r.window.Seconds()
 		r.expected = r.sent
 		s, err := e.drainStep(ctx, k, r.expected)
 		if err != nil {

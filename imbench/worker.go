@@ -366,7 +366,9 @@ func (w *worker) read(c *wconn) {
 		rs := w.rs.Load()
 		m, ok := parseFrame(buf)
 		if !ok {
-			rs.other.Add(1)
+			if rs.other.Add(1) == 1 {
+				fmt.Fprintf(os.Stderr, "first frame not from the benchmark: %.300s\n", buf)
+			}
 			continue
 		}
 		if m.step < 0 || m.step >= maxSteps {
