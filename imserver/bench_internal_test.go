@@ -1,0 +1,138 @@
+package imserver
+
+import (
+	"strconv"
+	"testing"
+
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// Hub fan-out and queue benchmarks, run with:
+//
+//	go test ./imserver -run '^$' -bench 'Hub|Enqueue|HandleNode|FrameTS' -benchmem
+//
+// Sockets are stubs whose writer is marked as running, so the benchmarks
+// measure the hub walk and the enqueue (lock, bound check, append) without
+// socket writes or writer goroutines.
+
+var benchPayload = []byte(`{"k":1,"s":42,"t":1732340000123456789,"r":7,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+
+func benchServer() *Server {
+	return &Server{cfg: Config{MaxQueueBytes: 1 << 40}, metrics: newMetrics(), hub: newHub(), names: wire.Names{Prefix: wire.DefaultPrefix}}
+}
+
+func benchConns(s *Server, n int, ch string) []*conn {
+	conns := make([]*conn, n)
+	for i := range conns {
+		cn := &conn{srv: s, writing: true}
+		c, _ := s.hub.add("client-"+strconv.Itoa(i), "", cn)
+		if ch != "" {
+			s.hub.join(c, []string{ch})
+		}
+		conns[i] = cn
+	}
+	return conns
+}
+
+func resetQueues(conns []*conn) {
+	for _, cn := range conns {
+		cn.mu.Lock()
+		clear(cn.queue)
+		cn.queue = cn.queue[:0]
+		cn.queued = 0
+		cn.mu.Unlock()
+	}
+}
+
+// BenchmarkHubSendTopic fans one frame out to every local member of a
+// channel; ns/delivery is the cost per socket.
+func BenchmarkHubSendTopic(b *testing.B) {
+	for _, members := range []int{1000, 10000} {
+		b.Run("members="+strconv.Itoa(members), func(b *testing.B) {
+			s := benchServer()
+			conns := benchConns(s, members, "bench")
+			f := wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, benchPayload)
+			of := outFrame{b: f, ts: frameTS(f)}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if n := s.hub.sendTopic("bench", of); n != members {
+					b.Fatalf("delivered to %d of %d", n, members)
+				}
+				if i++; i%64 == 0 {
+					b.StopTimer()
+					resetQueues(conns)
+					b.StartTimer()
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(members), "ns/delivery")
+		})
+	}
+}
+
+// BenchmarkHandleChannelMsg is what a node does with one channel message
+// from Redis: validate, read ts, fan out.
+func BenchmarkHandleChannelMsg(b *testing.B) {
+	s := benchServer()
+	conns := benchConns(s, 1000, "bench")
+	payload := string(wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, benchPayload))
+	topic := s.names.TopicChannel("bench")
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		s.handle(topic, payload)
+		if i++; i%64 == 0 {
+			b.StopTimer()
+			resetQueues(conns)
+			b.StartTimer()
+		}
+	}
+}
+
+// BenchmarkHandleNodeMsgSend is the p2p path on the receiving node: decode
+// the node message and queue the frame for one local receiver.
+func BenchmarkHandleNodeMsgSend(b *testing.B) {
+	s := benchServer()
+	s.cfg.NodeID = "n1"
+	conns := benchConns(s, 1000, "")
+	f := wire.MessageFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", nil, 1732340000000, benchPayload)
+	msg := string(wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindSend, ID: "01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", To: []string{"client-7"}}, f))
+	ch := s.names.NodeChannel("n1")
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		s.handle(ch, msg)
+		if i++; i%4096 == 0 {
+			b.StopTimer()
+			resetQueues(conns)
+			b.StartTimer()
+		}
+	}
+}
+
+// BenchmarkConnEnqueue is one frame onto one socket's queue.
+func BenchmarkConnEnqueue(b *testing.B) {
+	s := benchServer()
+	conns := benchConns(s, 1, "")
+	of := outFrame{b: benchPayload}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		conns[0].enqueue(of)
+		if i++; i%4096 == 0 {
+			b.StopTimer()
+			resetQueues(conns)
+			b.StartTimer()
+		}
+	}
+}
+
+func BenchmarkFrameTS(b *testing.B) {
+	f := wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, benchPayload)
+	b.ReportAllocs()
+	for b.Loop() {
+		if frameTS(f) != 1732340000000 {
+			b.Fatal("bad ts")
+		}
+	}
+}
