@@ -124,7 +124,12 @@ function startChat() {
     if (s.state === 'closed' && s.error) showSignIn();
   });
   // Frames sent while the socket was down are lost: reload what is shown.
-  client.on('open', () => refresh());
+  // data-connects counts the sockets opened, for tests and curious people.
+  let opens = 0;
+  client.on('open', () => {
+    document.body.dataset.connects = String(++opens);
+    refresh();
+  });
   client.on('channel', onChannelFrame);
   client.on('message', onMessageFrame);
   client.on('receipt', onReceipt);
@@ -197,8 +202,19 @@ function onBroadcast(f) {
   if (d.online) app.online.set(d.id, d.nick);
   else app.online.delete(d.id);
   renderOnline();
-  const c = app.convs.get(app.active);
-  if (c?.kind === 'room') loadMembers(c.name).catch(() => {});
+  reloadCountsSoon();
+}
+
+// Presence changes move the rooms' online counts and the member dots. A
+// burst of changes (a node restarting) causes one reload, not one each.
+let countsTimer = null;
+function reloadCountsSoon() {
+  clearTimeout(countsTimer);
+  countsTimer = setTimeout(() => {
+    loadRooms().catch(() => {});
+    const c = app.convs.get(app.active);
+    if (c?.kind === 'room') loadMembers(c.name).catch(() => {});
+  }, 300);
 }
 
 function addRoomMessage(c, m) {
