@@ -45,10 +45,20 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusUnauthorized, "bad_token", "missing or malformed token")
 		return
 	}
-	if s.cfg.MaxConns > 0 && s.connCount.Load() >= int64(s.cfg.MaxConns) {
+	// Reserve the socket's place in the node limit first, so the limit is
+	// exact under concurrent connects; the reservation is returned on any
+	// refusal below, or by detach once the socket was attached.
+	if n := s.connCount.Add(1); s.cfg.MaxConns > 0 && n > int64(s.cfg.MaxConns) {
+		s.connCount.Add(-1)
 		s.refuse(w, http.StatusServiceUnavailable, "node_full", "node connection limit reached")
 		return
 	}
+	attached := false
+	defer func() {
+		if !attached {
+			s.connCount.Add(-1)
+		}
+	}()
 	if !s.limiter.allow() {
 		s.refuse(w, http.StatusTooManyRequests, "rate", "connect rate limit reached")
 		return
@@ -89,6 +99,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	s.conns.Add(1)
 	defer s.conns.Done()
 	s.attach(cn, rec)
+	attached = true
 	mu.Unlock()
 
 	cn.readLoop()

@@ -76,18 +76,19 @@ func (c *conn) writeLoop() {
 		c.queue = c.spare[:0]
 		c.mu.Unlock()
 
+		// One deadline per batch, not per frame: a timer per delivered
+		// frame would cost more than the write on the fan-out path.
 		n := 0
 		var err error
+		ctx, cancel := context.WithTimeout(c.ctx, c.srv.cfg.WriteTimeout)
 		for _, f := range batch {
-			ctx, cancel := context.WithTimeout(c.ctx, c.srv.cfg.WriteTimeout)
-			err = c.ws.Write(ctx, websocket.MessageText, f.b)
-			cancel()
-			if err != nil {
+			if err = c.ws.Write(ctx, websocket.MessageText, f.b); err != nil {
 				break
 			}
 			n += len(f.b)
 			c.srv.metrics.observeDelivery(f.ts)
 		}
+		cancel()
 		clear(batch) // drop references to shared frames
 		c.mu.Lock()
 		c.queued -= n

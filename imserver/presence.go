@@ -16,7 +16,6 @@ import (
 // either in the loaded set or applied by the join handler.
 func (s *Server) attach(cn *conn, rec wire.TokenRecord) {
 	c, first := s.hub.add(rec.Client, rec.Meta, cn)
-	s.connCount.Add(1)
 	s.metrics.conns.Inc()
 	s.metrics.connects.Inc()
 	if !first {
@@ -148,14 +147,17 @@ func (s *Server) resync(ctx context.Context) error {
 }
 
 // applyJoin and applyLeave mirror a JoinChan/LeaveChan that imhelper already
-// wrote to Redis into local memory and subscriptions.
+// wrote to Redis into local memory and subscriptions. They run on a pub/sub
+// worker, which must never wait for a Redis reply that the same pub/sub
+// reader has to deliver, so the (un)subscribe runs in its own goroutine;
+// syncTopics converges on the hub's state whatever the order.
 func (s *Server) applyJoin(id string, chans []string) {
 	mu := s.stripe(id)
 	mu.Lock()
 	defer mu.Unlock()
 	if c := s.hub.get(id); c != nil {
 		if added := s.hub.join(c, chans); len(added) > 0 {
-			s.sub.syncTopics(added)
+			go s.sub.syncTopics(added)
 		}
 	}
 }
@@ -166,7 +168,7 @@ func (s *Server) applyLeave(id string, chans []string) {
 	defer mu.Unlock()
 	if c := s.hub.get(id); c != nil {
 		if emptied := s.hub.leave(c, chans); len(emptied) > 0 {
-			s.sub.syncTopics(emptied)
+			go s.sub.syncTopics(emptied)
 		}
 	}
 }

@@ -132,9 +132,12 @@ func (s *Server) reap(node string) {
 			break
 		}
 	}
+	// Release the claim too, so that the node can be reaped again should it
+	// come back and die within the claim's lifetime.
 	s.rc.DoMulti(ctx,
 		s.rc.B().Del().Key(n.NodeClients(node)).Build(),
-		s.rc.B().Srem().Key(n.NodeSet()).Member(node).Build())
+		s.rc.B().Srem().Key(n.NodeSet()).Member(node).Build(),
+		s.rc.B().Del().Key(n.ReapLock(node)).Build())
 	if count > 0 || node != s.cfg.NodeID {
 		s.log.Info("reaped node", "node", node, "clients", count)
 	}
