@@ -158,15 +158,21 @@ func (c *Client) GetChanOnline(ctx context.Context, ch string) (int, error) {
 	return counts[0], nil
 }
 
+// chanOnline counts online members, a few channels per script call so that
+// no single call keeps Redis busy for long.
 func (c *Client) chanOnline(ctx context.Context, chans []string) ([]int, error) {
-	args := append([]string{c.names.ChanMembers("")}, chans...)
-	vals, err := c.chanOnlineScript.Exec(ctx, c.rc, []string{c.names.Online()}, args).AsIntSlice()
-	if err != nil {
-		return nil, fmt.Errorf("failed to count channel members: %w", err)
-	}
-	out := make([]int, len(vals))
-	for i, v := range vals {
-		out[i] = int(v)
+	out := make([]int, 0, len(chans))
+	for len(chans) > 0 {
+		k := min(len(chans), 50)
+		args := append([]string{c.names.ChanMembers("")}, chans[:k]...)
+		vals, err := c.chanOnlineScript.Exec(ctx, c.rc, []string{c.names.Online()}, args).AsIntSlice()
+		if err != nil {
+			return nil, fmt.Errorf("failed to count channel members: %w", err)
+		}
+		for _, v := range vals {
+			out = append(out, int(v))
+		}
+		chans = chans[k:]
 	}
 	return out, nil
 }

@@ -130,14 +130,14 @@ func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, hand
 	if o.FromStart {
 		start = "0"
 	}
-	createGroup := func() error {
+	createGroup := func(start string) error {
 		err := c.rc.Do(ctx, c.rc.B().XgroupCreate().Key(stream).Group(group).Id(start).Mkstream().Build()).Error()
 		if err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
 			return fmt.Errorf("failed to create consumer group: %w", err)
 		}
 		return nil
 	}
-	if err := createGroup(); err != nil {
+	if err := createGroup(start); err != nil {
 		return err
 	}
 	pause := func(d time.Duration) error {
@@ -174,8 +174,10 @@ func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, hand
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if strings.Contains(err.Error(), "NOGROUP") { // the stream was lost, e.g. Redis restarted empty
-				if err := createGroup(); err != nil {
+			if strings.Contains(err.Error(), "NOGROUP") {
+				// The stream was lost (e.g. Redis restarted empty): every entry
+				// in the new one is new to us, so read it from the start.
+				if err := createGroup("0"); err != nil {
 					c.log.Warn("imhelper: recreating consumer group failed", "err", err)
 				}
 			} else {

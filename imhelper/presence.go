@@ -91,7 +91,8 @@ func (c *Client) GetClientListByOnline(ctx context.Context) ([]string, error) {
 // ForceOffline closes every socket of client id with the forced-offline
 // close code (4001), after which the client must not reconnect by itself.
 // It tells the node the client is on and, if different, the node that owns
-// it now, so a connection in flight is caught too.
+// it now. A socket whose handshake is still in flight when the node handles
+// the kick is not closed; to keep a client out, also stop issuing it URLs.
 func (c *Client) ForceOffline(ctx context.Context, id string) error {
 	if err := c.check(); err != nil {
 		return err

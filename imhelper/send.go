@@ -105,11 +105,13 @@ func (c *Client) SendMessage(ctx context.Context, from string, to []string, payl
 		return g
 	}
 	seen := make(map[string]struct{}, len(to))
+	receivers := make([]string, 0, len(to))
 	for _, r := range to {
 		if _, dup := seen[r]; dup {
 			continue
 		}
 		seen[r] = struct{}{}
+		receivers = append(receivers, r)
 		g := group(wire.Owner(r, nodes))
 		g.To = append(g.To, r)
 		if o.receipt {
@@ -120,7 +122,7 @@ func (c *Client) SendMessage(ctx context.Context, from string, to []string, payl
 	if o.echo {
 		g := group(wire.Owner(from, nodes))
 		g.Echo = from
-		echo = wire.MessageFrame(id, from, to, now.UnixMilli(), data)
+		echo = wire.MessageFrame(id, from, receivers, now.UnixMilli(), data)
 	}
 	cmds := make(rueidis.Commands, 0, len(groups))
 	for node, g := range groups {

@@ -98,17 +98,22 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	cn := &conn{srv: s, ws: ws, ctx: ctx, lastPing: time.Now()}
 	s.conns.Add(1)
 	defer s.conns.Done()
-	s.attach(cn, rec)
+	topics := s.attach(cn, rec)
 	attached = true
 	mu.Unlock()
+	s.sub.syncTopics(topics)
+	if s.draining.Load() { // attached after Shutdown listed the sockets
+		cn.close(websocket.StatusGoingAway, "node draining", wire.ReasonDrain)
+	}
 
 	cn.readLoop()
 
 	_ = ws.CloseNow() // no-op if a close handshake already finished
 	reason := cn.offlineReason()
 	mu.Lock()
-	s.detach(cn, reason)
+	topics = s.detach(cn, reason)
 	mu.Unlock()
+	s.sub.syncTopics(topics)
 }
 
 const (

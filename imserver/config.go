@@ -47,7 +47,8 @@ type Config struct {
 	PingInterval time.Duration
 	// PongTimeout is how long a ping may go unanswered. Default 10s.
 	PongTimeout time.Duration
-	// WriteTimeout bounds one socket write. Default 10s.
+	// WriteTimeout bounds the writing of one batch of queued frames to a
+	// socket; a socket that takes longer is closed. Default 10s.
 	WriteTimeout time.Duration
 	// MaxQueueBytes bounds a socket's outbound queue; a socket over it is
 	// closed with CloseSlowConsumer. Default 1 MiB.
@@ -133,22 +134,27 @@ func setDur(d *time.Duration, def time.Duration) {
 // case, dashes as underscores), so flags win over the environment.
 func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	c := &Config{}
+	var envErrs []error
 	str := func(p *string, name, usage string) { fs.StringVar(p, name, env(name, *p), usage) }
 	dur := func(p *time.Duration, name, usage string) {
 		d := *p
 		if v := env(name, ""); v != "" {
-			if x, err := time.ParseDuration(v); err == nil {
-				d = x
+			x, err := time.ParseDuration(v)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Errorf("%s: %w", envName(name), err))
 			}
+			d = x
 		}
 		fs.DurationVar(p, name, d, usage)
 	}
 	num := func(p *int, name, usage string) {
 		n := *p
 		if v := env(name, ""); v != "" {
-			if x, err := strconv.Atoi(v); err == nil {
-				n = x
+			x, err := strconv.Atoi(v)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Errorf("%s: %w", envName(name), err))
 			}
+			n = x
 		}
 		fs.IntVar(p, name, n, usage)
 	}
@@ -180,6 +186,9 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	dur(&c.ProbeInterval, "probe-interval", "pub/sub self-probe interval (default 5s)")
 	num(&c.EventStreamMaxLen, "event-stream-maxlen", "approximate event stream cap (default 100000)")
 	dur(&c.RedisTimeout, "redis-timeout", "timeout of one Redis command (default 3s)")
+	if len(envErrs) > 0 {
+		return Config{}, fmt.Errorf("invalid environment: %w", errors.Join(envErrs...))
+	}
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -189,10 +198,16 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 }
 
 func env(flagName, def string) string {
-	if v, ok := os.LookupEnv("IM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))); ok {
+	if v, ok := os.LookupEnv(envName(flagName)); ok {
 		return v
 	}
 	return def
+}
+
+// envName maps a flag name to its environment variable: IM_ + upper case,
+// dashes as underscores.
+func envName(flagName string) string {
+	return "IM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 func splitList(s string) []string {

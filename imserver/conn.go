@@ -46,7 +46,9 @@ func (c *conn) enqueue(f outFrame) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if c.queued+len(f.b) > c.srv.cfg.MaxQueueBytes {
+	// An empty queue takes any frame, so one frame larger than the bound is
+	// not mistaken for a slow reader.
+	if c.queued > 0 && c.queued+len(f.b) > c.srv.cfg.MaxQueueBytes {
 		c.mu.Unlock()
 		c.srv.metrics.slowCloses.Inc()
 		c.srv.metrics.dropped.Inc()

@@ -170,6 +170,14 @@ func (c *cluster) connect(id, meta string) *wsClient {
 	}
 	wc.id = id
 	c.t.Cleanup(func() { wc.conn.CloseNow() })
+	// The handshake completes before the node attaches the socket; wait for
+	// presence so that a message sent next is not sent into that gap.
+	checkFor(c.t, 5*time.Second, func() error {
+		if ok, err := c.helper.HasOnline(context.Background(), id); !ok {
+			return fmt.Errorf("%s not online yet (%v)", id, err)
+		}
+		return nil
+	})
 	return wc
 }
 

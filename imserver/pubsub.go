@@ -48,6 +48,18 @@ func newSubscriber(s *Server) *subscriber {
 
 func (sub *subscriber) markDirty() { sub.dirty.Store(true) }
 
+// resyncIfDirty rewrites presence if a write failed or Redis may have lost
+// it; on failure it stays dirty and the next call retries.
+func (sub *subscriber) resyncIfDirty(ctx context.Context) {
+	if !sub.connected.Load() || !sub.dirty.Swap(false) {
+		return
+	}
+	if err := sub.s.resync(ctx); err != nil {
+		sub.s.log.Warn("presence resync failed; will retry", "err", err)
+		sub.dirty.Store(true)
+	}
+}
+
 // healthy reports a live subscription that delivered a recent probe (or is
 // too young to have had one).
 func (sub *subscriber) healthy() bool {
@@ -98,12 +110,7 @@ func (sub *subscriber) run(ctx context.Context) {
 			first = false
 			backoff = 50 * time.Millisecond
 			s.register(ctx)
-			if sub.dirty.Swap(false) {
-				if err := s.resync(ctx); err != nil {
-					s.log.Warn("presence resync failed", "err", err)
-					sub.dirty.Store(true)
-				}
-			}
+			sub.resyncIfDirty(ctx)
 			select {
 			case err = <-wait:
 			case <-sub.kick:

@@ -3,7 +3,7 @@ package imserver
 import (
 	"context"
 	"encoding/json"
-	"math/rand/v2"
+	"errors"
 	"slices"
 	"time"
 
@@ -25,6 +25,7 @@ func (s *Server) register(ctx context.Context) {
 	defer cancel()
 	n := s.names
 	res := s.rc.DoMulti(ctx,
+		s.rc.B().Exists().Key(n.NodeKey(s.cfg.NodeID)).Build(),
 		s.rc.B().Set().Key(n.NodeKey(s.cfg.NodeID)).Value(string(info)).Px(s.cfg.LeaseTTL).Build(),
 		s.rc.B().Sadd().Key(n.NodeSet()).Member(s.cfg.NodeID).Build())
 	for _, r := range res {
@@ -35,6 +36,12 @@ func (s *Server) register(ctx context.Context) {
 			s.metrics.redisErrs.Inc()
 			return
 		}
+	}
+	// A lease that had lapsed while we held it means a survivor may have
+	// reaped our clients: announce them again.
+	if existed, _ := res[0].AsInt64(); existed == 0 && s.everRegistered.Swap(true) {
+		s.log.Warn("registry lease had lapsed; resyncing presence")
+		s.sub.markDirty()
 	}
 	s.registered.Store(true)
 }
@@ -61,6 +68,7 @@ func (s *Server) registryLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			s.register(ctx)
+			s.sub.resyncIfDirty(ctx)
 		}
 	}
 }
@@ -78,7 +86,10 @@ func (s *Server) refreshNodes(ctx context.Context) {
 	}
 	for _, d := range dead {
 		if d != s.cfg.NodeID && s.claimReap(ctx, d) {
-			s.reap(d)
+			// Off the registry loop: a large reap must not delay our own
+			// lease refresh.
+			s.loops.Add(1)
+			go func() { defer s.loops.Done(); s.reap(d) }()
 		}
 	}
 	ids := []string{s.cfg.NodeID}
@@ -122,7 +133,12 @@ func (s *Server) reap(node string) {
 			return
 		}
 		for _, id := range e.Elements {
-			if err := s.markOffline(id, "", node, wire.ReasonNodeLost); err != nil {
+			_, err := s.markOffline(id, "", node, wire.ReasonNodeLost, node != s.cfg.NodeID)
+			if errors.Is(err, errNodeBack) {
+				s.log.Info("reap stopped: the node is back", "node", node, "clients", count)
+				return
+			}
+			if err != nil {
 				s.log.Warn("reap failed", "node", node, "err", err)
 				return
 			}
@@ -148,17 +164,9 @@ func (s *Server) reap(node string) {
 func (s *Server) scheduleMoves() {
 	nodes := s.liveNodes()
 	for _, c := range s.hub.clientList() {
-		if wire.Owner(c.id, nodes) == s.cfg.NodeID {
-			continue
+		if wire.Owner(c.id, nodes) != s.cfg.NodeID {
+			s.moveLater(c.id, 0)
 		}
-		id := c.id
-		delay := time.Duration(rand.Int64N(int64(s.cfg.MoveWindow)))
-		time.AfterFunc(delay, func() {
-			if s.draining.Load() || wire.Owner(id, s.liveNodes()) == s.cfg.NodeID {
-				return
-			}
-			s.closeClient(id, wire.CloseMoved, "moved to another node", wire.ReasonMoved)
-		})
 	}
 }
 

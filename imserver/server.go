@@ -44,10 +44,11 @@ type Server struct {
 	nodesMu sync.RWMutex
 	nodes   []string // live node ids, always including this one; guarded by nodesMu
 
-	started    int64 // unix ms
-	connCount  atomic.Int64
-	draining   atomic.Bool
-	registered atomic.Bool
+	started        int64 // unix ms
+	connCount      atomic.Int64
+	draining       atomic.Bool
+	registered     atomic.Bool
+	everRegistered atomic.Bool // a registration succeeded once
 
 	ctx    context.Context // cancelled when the node stops
 	cancel context.CancelFunc
@@ -164,8 +165,9 @@ func (s *Server) Start() error {
 		ln = tls.NewListener(ln, s.httpSrv.TLSConfig)
 	}
 
+	// The subscriber registers the node once it is subscribed, so imhelper
+	// never routes to a node that cannot receive yet.
 	s.goLoop(s.sub.run)
-	s.register(s.ctx)
 	s.goLoop(s.registryLoop)
 	s.goLoop(s.pingLoop)
 	s.goLoop(s.probeLoop)

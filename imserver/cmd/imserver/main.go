@@ -17,7 +17,15 @@ import (
 
 func main() {
 	fs := flag.NewFlagSet("imserver", flag.ExitOnError)
-	drainTimeout := fs.Duration("drain-timeout", envDuration("IM_DRAIN_TIMEOUT", 30*time.Second), "upper bound of the graceful drain on SIGTERM")
+	drainTimeout := fs.Duration("drain-timeout", 30*time.Second, "upper bound of the graceful drain on SIGTERM (IM_DRAIN_TIMEOUT)")
+	if v := os.Getenv("IM_DRAIN_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "invalid IM_DRAIN_TIMEOUT:", err)
+			os.Exit(2)
+		}
+		*drainTimeout = d
+	}
 	cfg, err := imserver.ParseFlags(fs, os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -26,8 +34,8 @@ func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	srv, err := imserver.New(cfg, nil, log)
 	if err != nil {
-		log.Error("invalid configuration", "err", err)
-		os.Exit(2)
+		log.Error("failed to start", "err", err)
+		os.Exit(1)
 	}
 	if err := srv.Start(); err != nil {
 		log.Error("failed to start", "err", err)
@@ -41,13 +49,4 @@ func main() {
 	if err := srv.Shutdown(dctx); err != nil {
 		log.Warn("drain did not finish in time", "err", err)
 	}
-}
-
-func envDuration(name string, def time.Duration) time.Duration {
-	if v := os.Getenv(name); v != "" {
-		if d, err := time.ParseDuration(v); err == nil {
-			return d
-		}
-	}
-	return def
 }

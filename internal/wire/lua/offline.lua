@@ -2,9 +2,13 @@
 -- dead node's client. If the client is by now online on another node, only
 -- this node's index entry goes: presence, membership and events stay with
 -- the new node.
--- KEYS: 1 online hash, 2 node clients set, 3 client chans set, 4 event stream, 5 channel index set
--- ARGV: 1 client, 2 node, 3 event json, 4 event channel, 5 stream max length, 6 channel member key prefix
--- Returns 1 if the client went offline, 0 if it lives on elsewhere.
+-- KEYS: 1 online hash, 2 node clients set, 3 client chans set, 4 event stream,
+--       5 channel index set, 6 the node's registry key
+-- ARGV: 1 client, 2 node, 3 event json, 4 event channel, 5 stream max length,
+--       6 channel member key prefix, 7 "1" when reaping a dead node
+-- Returns 1 if the client went offline, 0 if it lives on elsewhere, -1 if a
+-- reap was refused because the node holds a lease again (it came back).
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[6]) == 1 then return -1 end
 redis.call('SREM', KEYS[2], ARGV[1])
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur and cur ~= ARGV[2] then return 0 end
