@@ -32,7 +32,11 @@ func nodeBinary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "imserver")
-		out, err := exec.Command("go", "build", "-race", "-o", binPath, "./cmd/imserver").CombinedOutput()
+		args := []string{"build", "-o", binPath}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, "./cmd/imserver")...).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

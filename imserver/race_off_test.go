@@ -1,0 +1,5 @@
+//go:build !race
+
+package imserver_test
+
+const raceEnabled = false
