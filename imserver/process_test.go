@@ -164,3 +164,18 @@ func (c *cluster) waitHelperNodes(want ...string) {
 		return nil
 	})
 }
+
+// sample is a snapshot of a node process' resource use.
+type sample struct {
+	goroutines, heap, rss, conns float64
+}
+
+func (p *nodeProc) sample(t testing.TB) sample {
+	_, body := getJSON(t, p.admin+"/metrics")
+	return sample{
+		goroutines: metricValue(body, "go_goroutines"),
+		heap:       metricValue(body, "go_memstats_heap_inuse_bytes"),
+		rss:        metricValue(body, "process_resident_memory_bytes"),
+		conns:      metricValue(body, "im_connections"),
+	}
+}

@@ -31,20 +31,6 @@ var (
 	soakRate     = flag.Int("soak.rate", 500, "direct messages per second to stable clients")
 )
 
-type sample struct {
-	goroutines, heap, rss, conns float64
-}
-
-func (p *nodeProc) sample(t testing.TB) sample {
-	_, body := getJSON(t, p.admin+"/metrics")
-	return sample{
-		goroutines: metricValue(body, "go_goroutines"),
-		heap:       metricValue(body, "go_memstats_heap_inuse_bytes"),
-		rss:        metricValue(body, "process_resident_memory_bytes"),
-		conns:      metricValue(body, "im_connections"),
-	}
-}
-
 func TestSoak(t *testing.T) {
 	c := startProcCluster(t)
 	procs := []*nodeProc{c.startProc("s1", "-lease-ttl", "5s", "-probe-interval", "2s"), c.startProc("s2", "-lease-ttl", "5s", "-probe-interval", "2s")}
