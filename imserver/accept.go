@@ -3,6 +3,7 @@ package imserver
 import (
 	"context"
 	"encoding/json"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"path"
@@ -95,7 +96,10 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(s.cfg.ReadLimit)
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	cn := &conn{srv: s, ws: ws, ctx: ctx, lastPing: time.Now()}
+	// A random phase spreads the pings of sockets that connected together
+	// (a reconnect wave) over the whole interval.
+	phase := time.Duration(rand.Int64N(int64(s.cfg.PingInterval)))
+	cn := &conn{srv: s, ws: ws, ctx: ctx, lastPing: time.Now().Add(-phase)}
 	s.conns.Add(1)
 	defer s.conns.Done()
 	topics := s.attach(cn, rec)
