@@ -62,8 +62,10 @@ func newEnv(t *testing.T) *testEnv {
 		defer cancel()
 		_ = e.node.Shutdown(ctx)
 	})
-
 	ctx := context.Background()
+	if err := waitReady(ctx, e.node); err != nil {
+		t.Fatal(err)
+	}
 	im, err := imhelper.New(ctx, imhelper.Options{Redis: rc, Logger: log})
 	if err != nil {
 		t.Fatal(err)

@@ -78,20 +78,26 @@ func (s store) b() rueidis.Builder { return s.rc.B() }
 // signIn returns the account of nick, creating it on first use. Anyone who
 // knows a nickname can sign in as it: this is a demo, not an identity system.
 func (s store) signIn(ctx context.Context, nick string) (user, error) {
+	// The account is written before the nickname points to it, so that a
+	// concurrent sign-in with the same new nickname never finds a dangling id.
 	nickKey := keyPrefix + "nick:" + strings.ToLower(nick)
 	id := "u_" + randomHex(8)
-	created, err := s.do(ctx, s.b().Set().Key(nickKey).Value(id).Nx().Build()).AsBool()
-	if err != nil && !rueidis.IsRedisNil(err) {
+	userKey := keyPrefix + "user:" + id
+	if err := s.do(ctx, s.b().Hset().Key(userKey).FieldValue().FieldValue("nick", nick).Build()).Error(); err != nil {
 		return user{}, err
 	}
-	if !created {
-		if id, err = s.do(ctx, s.b().Get().Key(nickKey).Build()).ToString(); err != nil {
-			return user{}, err
-		}
-		return s.user(ctx, id)
+	err := s.do(ctx, s.b().Set().Key(nickKey).Value(id).Nx().Build()).Error()
+	if err == nil {
+		return user{ID: id, Nick: nick}, nil
 	}
-	err = s.do(ctx, s.b().Hset().Key(keyPrefix+"user:"+id).FieldValue().FieldValue("nick", nick).Build()).Error()
-	return user{ID: id, Nick: nick}, err
+	if !rueidis.IsRedisNil(err) { // nil: the nickname was taken
+		return user{}, err
+	}
+	_ = s.do(ctx, s.b().Del().Key(userKey).Build()).Error()
+	if id, err = s.do(ctx, s.b().Get().Key(nickKey).Build()).ToString(); err != nil {
+		return user{}, err
+	}
+	return s.user(ctx, id)
 }
 
 // user returns the account id; a missing one is errNotFound.

@@ -51,7 +51,7 @@ func startSystem(ctx context.Context, cfg config, log *slog.Logger) (sys *system
 
 	// Listen first: the embedded node must allow the page's origin.
 	if sys.ln, err = net.Listen("tcp", cfg.Addr); err != nil {
-		return sys, fmt.Errorf("failed to listen on %s: %w", cfg.Addr, err)
+		return sys, fmt.Errorf("failed to listen on %s (set WEBAPI_ADDR to use another address): %w", cfg.Addr, err)
 	}
 
 	if cfg.RedisURL == "" {
@@ -91,6 +91,11 @@ func startSystem(ctx context.Context, cfg config, log *slog.Logger) (sys *system
 		if err = sys.node.Start(); err != nil {
 			sys.node = nil
 			return sys, fmt.Errorf("failed to start the embedded node: %w", err)
+		}
+		// The node registers itself once its subscription works; waiting for
+		// that lets imhelper see it from the first request on.
+		if err = waitReady(ctx, sys.node); err != nil {
+			return sys, err
 		}
 	}
 
@@ -135,9 +140,9 @@ func (s *system) URL() string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
-// Close stops the web API, drains the embedded node (its sockets close with
-// 1001 so pages reconnect elsewhere) and releases Redis. Safe on a
-// partially started system.
+// Close stops the web API and the event consumer, drains the embedded node
+// (its sockets close with 1001, so pages reconnect) and releases Redis. Safe
+// on a partially started system.
 func (s *system) Close(ctx context.Context) error {
 	var errs []error
 	if s.web != nil {
@@ -145,12 +150,16 @@ func (s *system) Close(ctx context.Context) error {
 	} else if s.ln != nil {
 		errs = append(errs, s.ln.Close())
 	}
-	if s.node != nil {
-		errs = append(errs, s.node.Shutdown(ctx))
-	}
+	// The event consumer stops before the node: it would otherwise broadcast
+	// presence for the node's own drain while the node stops, and a message
+	// arriving then races with the node closing its pub/sub worker channels
+	// (imserver/pubsub.go, subscriber.run).
 	if s.stopEvents != nil {
 		s.stopEvents()
 		<-s.eventsDone
+	}
+	if s.node != nil {
+		errs = append(errs, s.node.Shutdown(ctx))
 	}
 	if s.im != nil {
 		s.im.Close()
@@ -162,6 +171,22 @@ func (s *system) Close(ctx context.Context) error {
 		s.embedded.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// waitReady polls until the node is registered and subscribed.
+func waitReady(ctx context.Context, node *imserver.Server) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !node.Ready() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the embedded node did not become ready: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
 }
 
 // pageOrigins are the Origin host patterns under which the page may be

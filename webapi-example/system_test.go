@@ -60,6 +60,8 @@ func TestEmbeddedSystem(t *testing.T) {
 	if code := <-sb.closed; code != 4001 {
 		t.Fatalf("close code %d, want 4001", code)
 	}
+	// Other pages' online lists learn of the kick.
+	sa.next("bob's offline presence", func(f frame) bool { d := f.data(); return d["nick"] == "bob" && d["online"] == false })
 }
 
 func TestConfigFromEnv(t *testing.T) {

@@ -105,6 +105,29 @@ try {
   await bob.waitForSelector('#message-list .msg .text:text-is("oops, wrong window")', { state: 'detached' });
   await alice.waitForSelector('#message-list .msg .text:text-is("oops, wrong window")', { state: 'detached' });
 
+  step('room history scrolls back in pages');
+  await alice.click('#rooms li[data-room=random] button.join');
+  await alice.waitForSelector('#conv-title:text-is("# random")');
+  await alice.evaluate(async () => {
+    for (let i = 1; i <= 40; i++) {
+      const res = await fetch('/api/rooms/random/messages', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ text: `history ${i}` }),
+      });
+      if (!res.ok) throw new Error('posting history failed: ' + res.status);
+    }
+  });
+  await bob.click('#rooms li[data-room=random] button.join'); // joins after the fact: only history shows them
+  await seeMessage(bob, 'history 40');
+  await bob.waitForSelector('#older', { state: 'visible' });
+  if (await bob.$('#message-list .msg .text:text-is("history 10")')) throw new Error('the first page is not the newest');
+  await bob.$eval('#messages', (box) => box.scrollTo(0, 0));
+  await seeMessage(bob, 'history 1');
+  await bob.waitForSelector('#older', { state: 'hidden' });
+  await alice.click('#rooms li[data-room=lobby] button.open');
+  await bob.click('#rooms li[data-room=lobby] button.open');
+
   step('restarting the imserver node: both pages reconnect by themselves');
   const before = [await connects(alice), await connects(bob)];
   const res = await fetch(CONTROL_URL + '/restart-node', { method: 'POST' });
