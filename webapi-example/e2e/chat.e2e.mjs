@@ -142,6 +142,7 @@ try {
   await say(alice, 'me too');
   await seeMessage(bob, 'me too');
   await alice.waitForSelector('#online li[data-nick=bob]');
+  await alice.waitForSelector('#rooms li[data-room=lobby] .count:text-is("2/2")'); // online/members
 
   await alice.screenshot({ path: SCREENSHOT });
 
