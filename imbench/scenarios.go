@@ -71,6 +71,18 @@ func (e *env) idle(ctx context.Context) (*Table, []plotRow, error) {
 	// Let connection set-up garbage be collected before measuring.
 	time.Sleep(5 * time.Second)
 	m := newCPUMeter(e.allPIDs())
+	var profDone chan string
+	if e.o.profile != "" && len(e.nodes) > 0 && e.nodes[0].debug != "" {
+		_ = os.MkdirAll(e.o.profile, 0o755)
+		profDone = make(chan string, 1)
+		go func() {
+			f := filepath.Join(e.o.profile, "idle-cpu.pprof")
+			if e.nodes[0].cpuProfile(ctx, max(1, int(e.o.window.Seconds())-1), f) != nil {
+				f = ""
+			}
+			profDone <- f
+		}()
+	}
 	select {
 	case <-time.After(e.o.window):
 	case <-ctx.Done():
@@ -100,6 +112,11 @@ func (e *env) idle(ctx context.Context) (*Table, []plotRow, error) {
 		e.o.window, float64(base.rss)/(1<<20), base.goroutines, s.goroutines))
 	if cr.failed > 0 {
 		t.Notes = append(t.Notes, "connect errors: "+errSummary(cr.errors))
+	}
+	if profDone != nil {
+		if f := <-profDone; f != "" {
+			t.Notes = append(t.Notes, "node CPU profile of the window: "+f)
+		}
 	}
 	if e.o.profile != "" && len(e.nodes) > 0 {
 		_ = os.MkdirAll(e.o.profile, 0o755)
@@ -155,10 +172,11 @@ func (e *env) connect(ctx context.Context, burst bool) (*Table, []plotRow, error
 		f1(cpu.node), f1(cpu.redis), f1(cpu.load), f2(float64(tot1-tot0)/float64(max(1, cr.ok))))
 	t.Notes = append(t.Notes, "online/s counts from the first dial until Redis lists every client online (token consumed, presence and online event written)")
 	if burst {
-		t.Notes = append(t.Notes, "burst: each dialer calls PrevConnectServer then dials, so connect times and online/s include token issue; redis cmds/conn include the token SET")
+		t.Notes = append(t.Notes, "burst: each dialer calls PrevConnectServer then dials, so connect times and online/s include token issue")
 	} else {
-		t.Notes = append(t.Notes, "connect: URLs were fetched before dialling (tokens/s); redis cmds/conn cover the dial phase only")
+		t.Notes = append(t.Notes, "connect: URLs were fetched (PrevConnectServer, 64 at a time per load process) before dialling: tokens/s")
 	}
+	t.Notes = append(t.Notes, "redis cmds/conn: INFO commandstats delta (commands run inside Lua scripts count too) per connection, token SET included")
 	if cr.failed > 0 {
 		t.Notes = append(t.Notes, "connect errors: "+errSummary(cr.errors))
 	}
