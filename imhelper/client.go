@@ -174,6 +174,19 @@ func (c *Client) Owner(clientID string) string { return wire.Owner(clientID, c.v
 // refresh.
 func (c *Client) RefreshNodes(ctx context.Context) error { return c.loadNodes(ctx) }
 
+// nodes returns the current view, reloading it first if it is empty, so a
+// service started together with its first node does not fail for a refresh
+// interval.
+func (c *Client) nodes(ctx context.Context) *nodeView {
+	v := c.view.Load()
+	if len(v.ids) == 0 {
+		if err := c.loadNodes(ctx); err == nil {
+			v = c.view.Load()
+		}
+	}
+	return v
+}
+
 func (c *Client) check() error {
 	if c.closed.Load() {
 		return ErrClosed

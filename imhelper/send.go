@@ -28,7 +28,7 @@ func (c *Client) PrevConnectServer(ctx context.Context, clientID, meta string) (
 	if err := wire.ValidateMeta(meta); err != nil {
 		return "", err
 	}
-	v := c.view.Load()
+	v := c.nodes(ctx)
 	node := wire.Owner(clientID, v.ids)
 	if node == "" {
 		return "", ErrNoNodes
@@ -85,7 +85,7 @@ func (c *Client) SendMessage(ctx context.Context, from string, to []string, payl
 	if err != nil {
 		return "", err
 	}
-	nodes := c.view.Load().ids
+	nodes := c.nodes(ctx).ids
 	if len(nodes) == 0 {
 		return "", ErrNoNodes
 	}

@@ -72,22 +72,25 @@ func (sub *subscriber) healthy() bool {
 }
 
 func (sub *subscriber) run(ctx context.Context) {
+	// The worker channels are never closed: rueidis' reader may still be in
+	// dispatch after we release the connection. Workers and dispatch stop on
+	// ctx instead.
 	var wg sync.WaitGroup
 	for _, ch := range sub.workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for m := range ch {
-				sub.s.handle(m.Channel, m.Message)
+			for {
+				select {
+				case m := <-ch:
+					sub.s.handle(m.Channel, m.Message)
+				case <-ctx.Done():
+					return
+				}
 			}
 		}()
 	}
-	defer func() {
-		for _, ch := range sub.workers {
-			close(ch)
-		}
-		wg.Wait()
-	}()
+	defer wg.Wait()
 
 	s := sub.s
 	backoff := 50 * time.Millisecond
@@ -189,7 +192,10 @@ func (sub *subscriber) syncTopics(topics []string) {
 // dispatch runs in rueidis' reader; it only hands the message on.
 func (sub *subscriber) dispatch(m rueidis.PubSubMessage) {
 	i := maphash.String(sub.seed, m.Channel) % uint64(len(sub.workers))
-	sub.workers[i] <- m
+	select {
+	case sub.workers[i] <- m:
+	case <-sub.s.ctx.Done():
+	}
 }
 
 // handle processes one pub/sub message on a worker.

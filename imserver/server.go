@@ -103,8 +103,8 @@ func New(cfg Config, redis rueidis.Client, logger *slog.Logger) (*Server, error)
 }
 
 // Start listens, subscribes, registers the node and starts its background
-// loops. It returns once the node is reachable; Ready reports when pub/sub
-// works.
+// loops. It returns once the node accepts connections; the node registers
+// (and imhelper starts routing to it) once pub/sub works: see WaitReady.
 func (s *Server) Start() error {
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
@@ -182,6 +182,22 @@ func (s *Server) goLoop(fn func(ctx context.Context)) {
 		defer s.loops.Done()
 		fn(s.ctx)
 	}()
+}
+
+// WaitReady blocks until Ready or ctx ends. After Start, a node registers
+// itself only once its subscription works, so imhelper cannot route to it
+// before then.
+func (s *Server) WaitReady(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for !s.Ready() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // NodeID returns the node's id.
