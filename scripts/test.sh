@@ -10,13 +10,13 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}"
 fi
 # The browser test's own install step (Chromium, Node.js, playwright-core).
-if [ -x webapi-example/e2e/install.sh ]; then
-  webapi-example/e2e/install.sh
-fi
+bash webapi-example/e2e/install.sh
 
 gofmt_out=$(gofmt -l $(git ls-files '*.go'))
 if [ -n "$gofmt_out" ]; then
