@@ -59,7 +59,7 @@ func startSystem(ctx context.Context, cfg config, log *slog.Logger) (sys *system
 			return sys, fmt.Errorf("failed to start embedded redis: %w", err)
 		}
 		// miniredis speaks RESP2 only, has no cluster commands and must not
-		// be mistaken for a cluster (see /work/shared/FACTS.md).
+		// be mistaken for a cluster; these options make rueidis cope.
 		sys.rc, err = rueidis.NewClient(rueidis.ClientOption{
 			InitAddress:       []string{sys.embedded.Addr()},
 			AlwaysRESP2:       true,
