@@ -136,27 +136,20 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	c := &Config{}
 	var envErrs []error
 	str := func(p *string, name, usage string) { fs.StringVar(p, name, env(name, *p), usage) }
-	dur := func(p *time.Duration, name, usage string) {
-		d := *p
+	fromEnv := func(name string, parse func(string) error) {
 		if v := env(name, ""); v != "" {
-			x, err := time.ParseDuration(v)
-			if err != nil {
+			if err := parse(v); err != nil {
 				envErrs = append(envErrs, fmt.Errorf("%s: %w", envName(name), err))
 			}
-			d = x
 		}
-		fs.DurationVar(p, name, d, usage)
+	}
+	dur := func(p *time.Duration, name, usage string) {
+		fromEnv(name, func(v string) (err error) { *p, err = time.ParseDuration(v); return err })
+		fs.DurationVar(p, name, *p, usage)
 	}
 	num := func(p *int, name, usage string) {
-		n := *p
-		if v := env(name, ""); v != "" {
-			x, err := strconv.Atoi(v)
-			if err != nil {
-				envErrs = append(envErrs, fmt.Errorf("%s: %w", envName(name), err))
-			}
-			n = x
-		}
-		fs.IntVar(p, name, n, usage)
+		fromEnv(name, func(v string) (err error) { *p, err = strconv.Atoi(v); return err })
+		fs.IntVar(p, name, *p, usage)
 	}
 	str(&c.Listen, "listen", "WebSocket listen address (default :6001)")
 	str(&c.AdminListen, "admin-listen", "separate address for /healthz, /readyz, /metrics (default: on -listen)")

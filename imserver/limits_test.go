@@ -133,6 +133,20 @@ func dialStalled(u string) (*websocket.Conn, error) {
 	return conn, err
 }
 
+// stall connects client id with a socket that never reads.
+func (c *cluster) stall(id string) {
+	c.t.Helper()
+	u, err := c.helper.PrevConnectServer(bg, id, "")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	conn, err := dialStalled(u)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { conn.CloseNow() })
+}
+
 // TestSlowConsumers: clients that stop reading are closed with the
 // slow-consumer code once their queue bound is passed; the others receive
 // every message in order.
@@ -141,15 +155,7 @@ func TestSlowConsumers(t *testing.T) {
 	node := c.nodes[0]
 	const stalled, readers, msgs = 20, 50, 300
 	for i := 0; i < stalled; i++ {
-		u, err := c.helper.PrevConnectServer(bg, fmt.Sprintf("stall-%d", i), "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := dialStalled(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.CloseNow()
+		c.stall(fmt.Sprintf("stall-%d", i))
 	}
 	var ok []*wsClient
 	for i := 0; i < readers; i++ {

@@ -86,15 +86,7 @@ func TestSlowConsumerLoad(t *testing.T) {
 	}
 	base50, base99, baseRSS := run("baseline")
 	for i := 0; i < *loadStalled; i++ {
-		u, err := c.helper.PrevConnectServer(bg, fmt.Sprintf("stalled-%d", i), "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := dialStalled(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.CloseNow()
+		c.stall(fmt.Sprintf("stalled-%d", i))
 	}
 	slow50, slow99, slowRSS := run("stalled")
 	slowCloses := p.metric(t, "im_slow_consumer_closes_total")
