@@ -47,8 +47,8 @@ type Config struct {
 	PingInterval time.Duration
 	// PongTimeout is how long a ping may go unanswered. Default 10s.
 	PongTimeout time.Duration
-	// WriteTimeout bounds the writing of one batch of queued frames to a
-	// socket; a socket that takes longer is closed. Default 10s.
+	// WriteTimeout: a socket whose write has been blocked for longer is
+	// dropped as a slow consumer (checked once a second). Default 10s.
 	WriteTimeout time.Duration
 	// MaxQueueBytes bounds a socket's outbound queue; a socket over it is
 	// closed with CloseSlowConsumer. Default 1 MiB.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -36,6 +37,12 @@ type conn struct {
 	reason  string     // offline reason if this socket is the client's last; guarded by mu
 
 	lastPing time.Time // touched only by the pinger
+
+	// writeSince is when the current batch write started (unix nanos), 0
+	// while idle. The pinger closes a socket whose write takes longer than
+	// WriteTimeout; a context deadline per write would cost a timer
+	// registration per delivered frame.
+	writeSince atomic.Int64
 }
 
 // enqueue queues f without blocking. A socket whose queue would pass
@@ -78,19 +85,18 @@ func (c *conn) writeLoop() {
 		c.queue = c.spare[:0]
 		c.mu.Unlock()
 
-		// One deadline per batch, not per frame: a timer per delivered
-		// frame would cost more than the write on the fan-out path.
 		n := 0
 		var err error
-		ctx, cancel := context.WithTimeout(c.ctx, c.srv.cfg.WriteTimeout)
+		c.writeSince.Store(time.Now().UnixNano())
 		for _, f := range batch {
-			if err = c.ws.Write(ctx, websocket.MessageText, f.b); err != nil {
+			// No deadline on the context: see writeSince.
+			if err = c.ws.Write(context.Background(), websocket.MessageText, f.b); err != nil {
 				break
 			}
 			n += len(f.b)
 			c.srv.metrics.observeDelivery(f.ts)
 		}
-		cancel()
+		c.writeSince.Store(0)
 		clear(batch) // drop references to shared frames
 		c.mu.Lock()
 		c.queued -= n
@@ -135,6 +141,26 @@ func (c *conn) close(code websocket.StatusCode, msg, reason string) {
 			_ = c.ws.CloseNow()
 		}
 	}()
+}
+
+// writeStuck reports a batch write running for longer than the write
+// timeout.
+func (c *conn) writeStuck(now time.Time) bool {
+	since := c.writeSince.Load()
+	return since != 0 && now.UnixNano()-since > int64(c.srv.cfg.WriteTimeout)
+}
+
+// abort drops the socket at once (a write is stuck, so a close frame could
+// not be sent either); reason is the offline reason.
+func (c *conn) abort(reason string) {
+	c.mu.Lock()
+	if !c.closing {
+		c.closing = true
+		c.reason = reason
+		c.queue = nil
+	}
+	c.mu.Unlock()
+	_ = c.ws.CloseNow()
 }
 
 func (c *conn) offlineReason() string {

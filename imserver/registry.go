@@ -171,8 +171,9 @@ func (s *Server) scheduleMoves() {
 }
 
 // pingLoop pings every socket once per PingInterval from one goroutine,
-// spreading the pings over the interval; a ping waits for its pong in a
-// short-lived goroutine.
+// spreading the pings over the interval (a ping waits for its pong in a
+// short-lived goroutine), and drops sockets whose write is stuck. One loop
+// over all sockets a second replaces a timer per socket.
 func (s *Server) pingLoop(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -184,6 +185,11 @@ func (s *Server) pingLoop(ctx context.Context) {
 			s.hub.each(func(c *client) {
 				c.mu.RLock()
 				for _, cn := range c.conns {
+					if cn.writeStuck(now) {
+						s.metrics.slowCloses.Inc()
+						go cn.abort(wire.ReasonSlow)
+						continue
+					}
 					if now.Sub(cn.lastPing) < s.cfg.PingInterval {
 						continue
 					}

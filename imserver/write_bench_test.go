@@ -1,0 +1,72 @@
+package imserver
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// BenchmarkConnWrite measures the socket write path (enqueue, writer
+// goroutine, coder/websocket write) over a real loopback WebSocket; the peer
+// reads and discards. Run with:
+//
+//	go test ./imserver -run '^$' -bench ConnWrite -benchmem
+func BenchmarkConnWrite(b *testing.B) {
+	s := &Server{cfg: Config{MaxQueueBytes: 64 << 20, WriteTimeout: 10 * time.Second}, metrics: newMetrics(), hub: newHub()}
+	got := make(chan *websocket.Conn, 1)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		got <- ws
+		<-r.Context().Done()
+	}))
+	defer hs.Close()
+	ctx := context.Background()
+	peer, _, err := websocket.Dial(ctx, strings.Replace(hs.URL, "http", "ws", 1), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer peer.CloseNow()
+	var read atomic.Int64
+	go func() {
+		for {
+			if _, _, err := peer.Read(ctx); err != nil {
+				return
+			}
+			read.Add(1)
+		}
+	}()
+	ws := <-got
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cn := &conn{srv: s, ws: ws, ctx: cctx}
+	f := wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, []byte(`{"text":"a 100-byte-ish payload for the benchmark, like the targets in issue five use"}`))
+	of := outFrame{b: f}
+	b.ReportAllocs()
+	b.ResetTimer()
+	n := int64(0)
+	for b.Loop() {
+		for !cn.enqueue(of) {
+			b.Fatal("socket closed")
+		}
+		n++
+		// Keep the queue short, as a reader keeping up would.
+		for n-read.Load() > 256 {
+			time.Sleep(10 * time.Microsecond)
+		}
+	}
+	for read.Load() < n {
+		time.Sleep(100 * time.Microsecond)
+	}
+}
