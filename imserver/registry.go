@@ -182,24 +182,29 @@ func (s *Server) pingLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			s.hub.each(func(c *client) {
-				c.mu.RLock()
-				for _, cn := range c.conns {
-					if cn.writeStuck(now) {
-						s.metrics.slowCloses.Inc()
-						go cn.abort(wire.ReasonSlow)
-						continue
-					}
-					if now.Sub(cn.lastPing) < s.cfg.PingInterval {
-						continue
-					}
-					cn.lastPing = now
-					go s.ping(cn)
-				}
-				c.mu.RUnlock()
-			})
+			s.heartbeat(now)
 		}
 	}
+}
+
+// heartbeat is one pass of the ping loop over every socket.
+func (s *Server) heartbeat(now time.Time) {
+	s.hub.each(func(c *client) {
+		c.mu.RLock()
+		for _, cn := range c.conns {
+			if cn.writeStuck(now) {
+				s.metrics.slowCloses.Inc()
+				go cn.abort(wire.ReasonSlow)
+				continue
+			}
+			if now.Sub(cn.lastPing) < s.cfg.PingInterval {
+				continue
+			}
+			cn.lastPing = now
+			go s.ping(cn)
+		}
+		c.mu.RUnlock()
+	})
 }
 
 func (s *Server) ping(cn *conn) {
