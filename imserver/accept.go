@@ -84,7 +84,8 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusTooManyRequests, "client_limit", "too many connections for this client")
 		return
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	lw := &leanWriter{ResponseWriter: w}
+	ws, err := websocket.Accept(lw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // Origin was checked above, with a JSON 403
 		CompressionMode:    websocket.CompressionDisabled,
 	})
@@ -95,13 +96,11 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(s.cfg.ReadLimit)
 	ctx, cancel := context.WithCancel(s.ctx)
-	defer cancel()
 	// A random phase spreads the pings of sockets that connected together
 	// (a reconnect wave) over the whole interval.
 	phase := time.Duration(rand.Int64N(int64(s.cfg.PingInterval)))
-	cn := &conn{srv: s, ws: ws, ctx: ctx, lastPing: time.Now().Add(-phase)}
+	cn := &conn{srv: s, ws: ws, nc: lw.conn, ctx: ctx, lastPing: time.Now().Add(-phase)}
 	s.conns.Add(1)
-	defer s.conns.Done()
 	topics := s.attach(cn, rec)
 	attached = true
 	mu.Unlock()
@@ -109,13 +108,21 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() { // attached after Shutdown listed the sockets
 		cn.close(websocket.StatusGoingAway, "node draining", wire.ReasonDrain)
 	}
+	// The socket's life goes on in a fresh goroutine, so that this handler's
+	// goroutine, with the stack that HTTP parsing grew, and the request are
+	// freed.
+	go s.serveConn(cn, cancel)
+}
 
+// serveConn reads the socket until it closes, then detaches it.
+func (s *Server) serveConn(cn *conn, cancel context.CancelFunc) {
+	defer s.conns.Done()
+	defer cancel()
 	cn.readLoop()
-
-	_ = ws.CloseNow() // no-op if a close handshake already finished
-	reason := cn.offlineReason()
+	_ = cn.ws.CloseNow() // no-op if a close handshake already finished
+	mu := s.stripe(cn.cl.id)
 	mu.Lock()
-	topics = s.detach(cn, reason)
+	topics := s.detach(cn, cn.offlineReason())
 	mu.Unlock()
 	s.sub.syncTopics(topics)
 }

@@ -25,7 +25,8 @@ type outFrame struct {
 type conn struct {
 	srv *Server
 	ws  *websocket.Conn
-	cl  *client // set once by hub.add
+	nc  *batchConn // under ws: one write(2) per batch of frames
+	cl  *client    // set once by hub.add
 	ctx context.Context
 
 	mu      sync.Mutex
@@ -88,13 +89,21 @@ func (c *conn) writeLoop() {
 		n := 0
 		var err error
 		c.writeSince.Store(time.Now().UnixNano())
+		c.nc.begin()
 		for _, f := range batch {
 			// No deadline on the context: see writeSince.
 			if err = c.ws.Write(context.Background(), websocket.MessageText, f.b); err != nil {
 				break
 			}
 			n += len(f.b)
-			c.srv.metrics.observeDelivery(f.ts)
+		}
+		if e := c.nc.end(); err == nil {
+			err = e
+		}
+		if err == nil {
+			for _, f := range batch {
+				c.srv.metrics.observeDelivery(f.ts)
+			}
 		}
 		c.writeSince.Store(0)
 		clear(batch) // drop references to shared frames

@@ -22,15 +22,15 @@ import (
 //	go test ./imserver -run '^$' -bench ConnWrite -benchmem
 func BenchmarkConnWrite(b *testing.B) {
 	s := &Server{cfg: Config{MaxQueueBytes: 64 << 20, WriteTimeout: 10 * time.Second}, metrics: newMetrics(), hub: newHub()}
-	got := make(chan *websocket.Conn, 1)
+	got := make(chan *conn, 1)
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := websocket.Accept(w, r, nil)
+		lw := &leanWriter{ResponseWriter: w}
+		ws, err := websocket.Accept(lw, r, nil)
 		if err != nil {
 			b.Error(err)
 			return
 		}
-		got <- ws
-		<-r.Context().Done()
+		got <- &conn{srv: s, ws: ws, nc: lw.conn}
 	}))
 	defer hs.Close()
 	ctx := context.Background()
@@ -48,10 +48,10 @@ func BenchmarkConnWrite(b *testing.B) {
 			read.Add(1)
 		}
 	}()
-	ws := <-got
+	cn := <-got
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cn := &conn{srv: s, ws: ws, ctx: cctx}
+	cn.ctx = cctx
 	f := wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, []byte(`{"text":"a 100-byte-ish payload for the benchmark, like the targets in issue five use"}`))
 	of := outFrame{b: f}
 	b.ReportAllocs()
