@@ -22,6 +22,7 @@ type metrics struct {
 	dropped    prometheus.Counter
 	slowCloses prometheus.Counter
 	malformed  prometheus.Counter
+	overflow   prometheus.Counter
 	reconnects prometheus.Counter
 	redisErrs  prometheus.Counter
 	latency    prometheus.Histogram
@@ -39,6 +40,7 @@ func newMetrics() *metrics {
 	m.dropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_frames_dropped_total", Help: "Frames dropped because a socket's queue overflowed."})
 	m.slowCloses = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_slow_consumer_closes_total", Help: "Sockets closed as slow consumers."})
 	m.malformed = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_malformed_messages_total", Help: "Malformed messages received from Redis and ignored."})
+	m.overflow = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_pubsub_overflow_total", Help: "Messages from Redis dropped because the node could not keep up."})
 	m.reconnects = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_redis_reconnects_total", Help: "Re-established Redis pub/sub subscriptions."})
 	m.redisErrs = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_redis_errors_total", Help: "Failed Redis commands."})
 	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -48,7 +50,7 @@ func newMetrics() *metrics {
 	})
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(m.conns, m.clients, m.connects, m.refusals, m.closes, m.messagesIn,
-		m.delivered, m.dropped, m.slowCloses, m.malformed, m.reconnects, m.redisErrs, m.latency)
+		m.delivered, m.dropped, m.slowCloses, m.malformed, m.overflow, m.reconnects, m.redisErrs, m.latency)
 	return m
 }
 

@@ -36,12 +36,19 @@ type subscriber struct {
 	kick        chan struct{}
 }
 
-const subscribeBatch = 1000
+const (
+	subscribeBatch = 1000
+	// workerQueue bounds the messages waiting for one worker. When it is
+	// full the message is dropped and counted: blocking instead would stall
+	// rueidis' reader until Redis, 32 MB behind, cuts the subscription and
+	// everything in flight is lost, control messages included.
+	workerQueue = 16384
+)
 
 func newSubscriber(s *Server) *subscriber {
 	sub := &subscriber{s: s, seed: maphash.MakeSeed(), kick: make(chan struct{}, 1)}
 	for i := 0; i < 4; i++ {
-		sub.workers = append(sub.workers, make(chan rueidis.PubSubMessage, 4096))
+		sub.workers = append(sub.workers, make(chan rueidis.PubSubMessage, workerQueue))
 	}
 	return sub
 }
@@ -189,12 +196,14 @@ func (sub *subscriber) syncTopics(topics []string) {
 	}
 }
 
-// dispatch runs in rueidis' reader; it only hands the message on.
+// dispatch runs in rueidis' reader; it only hands the message on, and never
+// blocks (see workerQueue).
 func (sub *subscriber) dispatch(m rueidis.PubSubMessage) {
 	i := maphash.String(sub.seed, m.Channel) % uint64(len(sub.workers))
 	select {
 	case sub.workers[i] <- m:
-	case <-sub.s.ctx.Done():
+	default:
+		sub.s.metrics.overflow.Inc()
 	}
 }
 
