@@ -93,26 +93,22 @@ func (c *Client) SendMessage(ctx context.Context, from string, to []string, payl
 	id := wire.NewID(now)
 	frame := wire.MessageFrame(id, from, nil, now.UnixMilli(), data)
 
-	// Group receivers by owner; the sender's owner gets the echo and the
-	// receipts' address.
-	groups := make(map[string]*wire.NodeMsg)
-	group := func(node string) *wire.NodeMsg {
-		g := groups[node]
-		if g == nil {
-			g = &wire.NodeMsg{Kind: wire.KindSend, ID: id}
-			groups[node] = g
+	// Group receivers by owner (groups[i] for nodes[i]); the sender's owner
+	// gets the echo and the receipts' address.
+	groups := make([]wire.NodeMsg, len(nodes))
+	receivers := to
+	if len(to) > 1 { // drop duplicates, keeping the order
+		seen := make(map[string]struct{}, len(to))
+		receivers = make([]string, 0, len(to))
+		for _, r := range to {
+			if _, dup := seen[r]; !dup {
+				seen[r] = struct{}{}
+				receivers = append(receivers, r)
+			}
 		}
-		return g
 	}
-	seen := make(map[string]struct{}, len(to))
-	receivers := make([]string, 0, len(to))
-	for _, r := range to {
-		if _, dup := seen[r]; dup {
-			continue
-		}
-		seen[r] = struct{}{}
-		receivers = append(receivers, r)
-		g := group(wire.Owner(r, nodes))
+	for _, r := range receivers {
+		g := &groups[wire.OwnerIndex(r, nodes)]
 		g.To = append(g.To, r)
 		if o.receipt {
 			g.Receipt = from
@@ -120,19 +116,23 @@ func (c *Client) SendMessage(ctx context.Context, from string, to []string, payl
 	}
 	var echo []byte
 	if o.echo {
-		g := group(wire.Owner(from, nodes))
-		g.Echo = from
+		groups[wire.OwnerIndex(from, nodes)].Echo = from
 		echo = wire.MessageFrame(id, from, receivers, now.UnixMilli(), data)
 	}
 	cmds := make(rueidis.Commands, 0, len(groups))
-	for node, g := range groups {
+	for i := range groups {
+		g := &groups[i]
+		if len(g.To) == 0 && g.Echo == "" {
+			continue
+		}
+		g.Kind, g.ID = wire.KindSend, id
 		var msg []byte
 		if g.Echo != "" {
 			msg = wire.EncodeNodeMsg(*g, frame, echo)
 		} else {
 			msg = wire.EncodeNodeMsg(*g, frame)
 		}
-		cmds = append(cmds, c.publish(c.names.NodeChannel(node), msg))
+		cmds = append(cmds, c.publish(c.names.NodeChannel(nodes[i]), msg))
 	}
 	if err := firstErr(c.rc.DoMulti(ctx, cmds...)); err != nil {
 		return "", fmt.Errorf("failed to publish: %w", err)

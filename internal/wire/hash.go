@@ -6,11 +6,19 @@ package wire
 // removing one of N nodes moves only the clients whose top score changed,
 // about 1/N of them. nodes may be in any order; it returns "" when empty.
 func Owner(clientID string, nodes []string) string {
-	best, bestScore := "", uint64(0)
-	for _, n := range nodes {
+	if i := OwnerIndex(clientID, nodes); i >= 0 {
+		return nodes[i]
+	}
+	return ""
+}
+
+// OwnerIndex is Owner as an index into nodes, -1 when nodes is empty.
+func OwnerIndex(clientID string, nodes []string) int {
+	best, bestScore := -1, uint64(0)
+	for i, n := range nodes {
 		s := Score(n, clientID)
-		if best == "" || s > bestScore || (s == bestScore && n < best) {
-			best, bestScore = n, s
+		if best < 0 || s > bestScore || (s == bestScore && n < nodes[best]) {
+			best, bestScore = i, s
 		}
 	}
 	return best

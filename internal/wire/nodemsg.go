@@ -39,20 +39,57 @@ type NodeMsg struct {
 // counts such messages and goes on.
 var ErrMalformed = errors.New("malformed node message")
 
-// EncodeNodeMsg builds the bytes to PUBLISH.
+// EncodeNodeMsg builds the bytes to PUBLISH. The header is written by hand
+// (the same JSON encoding/json would produce, field for field) because it
+// is on every send's path.
 func EncodeNodeMsg(h NodeMsg, frames ...[]byte) []byte {
-	head, _ := json.Marshal(h) // a struct of strings cannot fail
-	n := len(head)
+	n := 64 + len(h.ID) + len(h.Echo) + len(h.Receipt) + len(h.Client) + len(h.Nonce)
+	for _, t := range h.To {
+		n += len(t) + 3
+	}
+	for _, c := range h.Chans {
+		n += len(c) + 3
+	}
 	for _, f := range frames {
 		n += 1 + len(f)
 	}
 	b := make([]byte, 0, n)
-	b = append(b, head...)
+	b = append(b, `{"k":`...)
+	b = AppendString(b, h.Kind)
+	b = appendList(b, `,"to":[`, h.To)
+	b = appendField(b, `,"echo":`, h.Echo)
+	b = appendField(b, `,"rcpt":`, h.Receipt)
+	b = appendField(b, `,"id":`, h.ID)
+	b = appendField(b, `,"c":`, h.Client)
+	b = appendList(b, `,"chans":[`, h.Chans)
+	b = appendField(b, `,"nonce":`, h.Nonce)
+	b = append(b, '}')
 	for _, f := range frames {
 		b = append(b, '\n')
 		b = append(b, f...)
 	}
 	return b
+}
+
+func appendField(b []byte, key, v string) []byte {
+	if v == "" {
+		return b
+	}
+	return AppendString(append(b, key...), v)
+}
+
+func appendList(b []byte, key string, vs []string) []byte {
+	if len(vs) == 0 {
+		return b
+	}
+	b = append(b, key...)
+	for i, v := range vs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = AppendString(b, v)
+	}
+	return append(b, ']')
 }
 
 // DecodeNodeMsg parses a node message. The frames alias msg.

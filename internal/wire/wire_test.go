@@ -256,3 +256,25 @@ func FuzzTokenFromQuery(f *testing.F) {
 		}
 	})
 }
+
+// The hand-written header must match encoding/json byte for byte.
+func TestEncodeNodeMsgMatchesEncodingJSON(t *testing.T) {
+	for _, h := range []NodeMsg{
+		{Kind: KindSend, To: []string{"b", `q"uote`, "用户"}, Echo: "a", Receipt: "a", ID: "01J"},
+		{Kind: KindJoin, Client: "c", Chans: []string{"r1", "r<2>"}},
+		{Kind: KindProbe, Nonce: "n1"},
+		{Kind: KindKick, Client: "x"},
+	} {
+		want, _ := json.Marshal(h)
+		got := EncodeNodeMsg(h)
+		// encoding/json escapes <, > and & as \u003c etc.; both decode the same.
+		var a, b NodeMsg
+		if err := json.Unmarshal(got, &a); err != nil {
+			t.Fatalf("%s: %v", got, err)
+		}
+		_ = json.Unmarshal(want, &b)
+		if fmt.Sprint(a) != fmt.Sprint(b) {
+			t.Errorf("got %s, encoding/json %s", got, want)
+		}
+	}
+}
