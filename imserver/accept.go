@@ -161,8 +161,12 @@ func (s *Server) consumeToken(ctx context.Context, token string) (wire.TokenReco
 	}
 }
 
+// isUpgrade checks what the WebSocket handshake needs, so that a request
+// that would fail it is refused before its token is consumed.
 func isUpgrade(r *http.Request) bool {
-	return headerHas(r.Header, "Connection", "upgrade") && headerHas(r.Header, "Upgrade", "websocket")
+	return r.Method == http.MethodGet && r.ProtoAtLeast(1, 1) &&
+		headerHas(r.Header, "Connection", "upgrade") && headerHas(r.Header, "Upgrade", "websocket") &&
+		r.Header.Get("Sec-WebSocket-Version") == "13" && r.Header.Get("Sec-WebSocket-Key") != ""
 }
 
 func headerHas(h http.Header, key, token string) bool {

@@ -137,8 +137,10 @@ func (c *conn) close(code websocket.StatusCode, msg, reason string) {
 			_ = c.ws.CloseNow()
 			return
 		}
-		// Close waits for the peer's close frame; bound it so a dead peer
-		// cannot hold the socket for long.
+		// Close waits for the peer's close frame (up to 5 s inside the
+		// library, and CloseNow is a no-op once Close has begun); bound it
+		// by closing the TCP connection under the library, which also ends
+		// the read loop, so a dead peer cannot hold the socket for long.
 		done := make(chan struct{})
 		go func() {
 			_ = c.ws.Close(code, msg)
@@ -147,9 +149,18 @@ func (c *conn) close(code websocket.StatusCode, msg, reason string) {
 		select {
 		case <-done:
 		case <-time.After(2 * time.Second):
-			_ = c.ws.CloseNow()
+			c.closeTCP()
 		}
 	}()
+}
+
+// closeTCP closes the connection under coder/websocket.
+func (c *conn) closeTCP() {
+	if c.nc != nil {
+		_ = c.nc.Conn.Close()
+	} else {
+		_ = c.ws.CloseNow()
+	}
 }
 
 // writeStuck reports a batch write running for longer than the write
@@ -169,7 +180,7 @@ func (c *conn) abort(reason string) {
 		c.queue = nil
 	}
 	c.mu.Unlock()
-	_ = c.ws.CloseNow()
+	c.closeTCP()
 }
 
 func (c *conn) offlineReason() string {

@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/imbroker/imbroker/imserver"
+	"github.com/imbroker/imbroker/internal/wire"
 )
 
 func TestLimits(t *testing.T) {
@@ -191,4 +192,83 @@ func TestSlowConsumers(t *testing.T) {
 			t.Fatalf("stall-%d still online", i)
 		}
 	}
+}
+
+// TestHeartbeatTimeout: a peer that never answers pings is closed, with
+// reason timeout.
+func TestHeartbeatTimeout(t *testing.T) {
+	c := startCluster(t, 1, func(cfg *imserver.Config) {
+		cfg.PingInterval = 300 * time.Millisecond
+		cfg.PongTimeout = 300 * time.Millisecond
+	})
+	node := c.nodes[0]
+	c.stall("deaf") // never reads, so never answers a ping
+	alive := c.connect("alive", "")
+	// ping due within ~1 s, pong timeout, then at most 2 s of close handshake
+	checkFor(t, 8*time.Second, func() error {
+		_, body := getJSON(t, "http://"+node.AdminAddr().String()+"/metrics")
+		if v := metricValue(body, `im_closes_total{reason="timeout"}`); v != 1 {
+			return fmt.Errorf("timeout closes = %v", v)
+		}
+		return nil
+	})
+	if ok, _ := c.helper.HasOnline(bg, "deaf"); ok {
+		t.Error("deaf client still online")
+	}
+	select {
+	case <-alive.done:
+		t.Error("a client that answers pings was closed")
+	default:
+	}
+}
+
+// TestTwoNodesOneClient: a client holding sockets on two nodes at once (a
+// stale token) stays online, in its channels, when the socket on the node
+// named in its presence entry closes.
+func TestTwoNodesOneClient(t *testing.T) {
+	c := startCluster(t, 2, func(cfg *imserver.Config) { cfg.MoveWindow = time.Hour })
+	owner := c.node(c.helper.Owner("dual"))
+	var other *imserver.Server
+	for _, n := range c.nodes {
+		if n != owner {
+			other = n
+		}
+	}
+	first := c.connect("dual", "")
+	if err := c.helper.JoinChan(bg, "dual", "r"); err != nil {
+		t.Fatal(err)
+	}
+	// A token for the other node, as a stale view would have issued.
+	tok := wire.NewToken()
+	rec := fmt.Sprintf(`{"node":%q,"client":"dual","iat":1}`, other.NodeID())
+	rc := c.helper.Redis()
+	if err := rc.Do(bg, rc.B().Set().Key("im:token:"+tok).Value(rec).Ex(30*time.Second).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	second, err := dialWS(other.PublicURL() + "?token=" + tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 3*time.Second, func() error {
+		out, _ := c.redis.Exec("HGET", "im:online", "dual")
+		if strings.TrimSpace(out) != other.NodeID() {
+			return fmt.Errorf("presence names %q", out)
+		}
+		return nil
+	})
+	second.conn.Close(websocket.StatusNormalClosure, "")
+	checkFor(t, 3*time.Second, func() error {
+		out, _ := c.redis.Exec("HGET", "im:online", "dual")
+		if strings.TrimSpace(out) != owner.NodeID() {
+			return fmt.Errorf("presence names %q, want the node that still holds a socket", out)
+		}
+		return nil
+	})
+	if cl, _ := c.helper.GetChanListByClientId(bg, "dual"); fmt.Sprint(cl) != "[r]" {
+		t.Errorf("channels lost while a socket is still open: %v", cl)
+	}
+	if _, err := c.helper.SendMessage(bg, "x", []string{"dual"}, `1`); err != nil {
+		t.Fatal(err)
+	}
+	first.next(t)
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // leanWriter hands coder/websocket a connection of our own at hijack time:
@@ -68,6 +69,22 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	// Held across the write so that nothing overtakes a batch being sent.
 	defer b.mu.Unlock()
 	return b.Conn.Write(p)
+}
+
+// Close sends what a batch holds before closing: coder/websocket writes a
+// close frame (the echo of the peer's, or 1009) and closes at once, and that
+// frame must not die in our buffer. If a write is in progress (possibly
+// stuck: the watchdog aborts such sockets) it closes at once instead.
+func (b *batchConn) Close() error {
+	if b.mu.TryLock() {
+		if b.batching && len(*b.buf) > 0 {
+			_ = b.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = b.Conn.Write(*b.buf)
+			*b.buf = (*b.buf)[:0]
+		}
+		b.mu.Unlock()
+	}
+	return b.Conn.Close()
 }
 
 func (b *batchConn) begin() {

@@ -103,9 +103,9 @@ func (s *Server) markOffline(id, meta, node, reason string, reaping bool) (wentO
 		flag = "1"
 	}
 	res, err := s.offlineScript.Exec(ctx, s.rc,
-		[]string{n.Online(), n.NodeClients(node), n.ClientChans(id), n.EventStream(), n.Chans(), n.NodeKey(node)},
+		[]string{n.Online(), n.NodeClients(node), n.ClientChans(id), n.EventStream(), n.Chans(), n.NodeKey(node), n.NodeSet()},
 		[]string{id, node, s.event(wire.EventOffline, id, meta, node, reason, 0),
-			n.EventChannel(), strconv.Itoa(s.cfg.EventStreamMaxLen), n.ChanMembers(""), flag},
+			n.EventChannel(), strconv.Itoa(s.cfg.EventStreamMaxLen), n.ChanMembers(""), flag, n.NodeClients("")},
 	).AsInt64()
 	if err != nil {
 		s.metrics.redisErrs.Inc()

@@ -132,6 +132,10 @@ func (sub *subscriber) run(ctx context.Context) {
 		sub.mu.Lock()
 		sub.dc = nil
 		sub.mu.Unlock()
+		// Close before release: releasing a live pub/sub connection cleans
+		// its subscriptions with a command that waits on Redis without a
+		// deadline, and hands a possibly broken connection back to the pool.
+		dc.Close()
 		release()
 		if ctx.Err() != nil {
 			return
@@ -196,15 +200,38 @@ func (sub *subscriber) syncTopics(topics []string) {
 	}
 }
 
-// dispatch runs in rueidis' reader; it only hands the message on, and never
-// blocks (see workerQueue).
+// dispatch runs in rueidis' reader; it only hands the message on. Data
+// (sends, deliveries, channel and broadcast frames) is dropped and counted
+// when the worker is full (see workerQueue); control messages (join, leave,
+// kick, probe: rare) wait for room, since losing one would leave state
+// wrong. Any overflow also schedules a resync, which reloads membership.
 func (sub *subscriber) dispatch(m rueidis.PubSubMessage) {
 	i := maphash.String(sub.seed, m.Channel) % uint64(len(sub.workers))
 	select {
 	case sub.workers[i] <- m:
+		return
 	default:
-		sub.s.metrics.overflow.Inc()
 	}
+	if isControl(m.Message) {
+		select {
+		case sub.workers[i] <- m:
+		case <-sub.s.ctx.Done():
+		}
+		return
+	}
+	sub.s.metrics.overflow.Inc()
+	sub.markDirty()
+}
+
+// isControl spots the node messages that must not be dropped, from the
+// kind that EncodeNodeMsg writes first.
+func isControl(msg string) bool {
+	for _, k := range []string{wire.KindJoin, wire.KindLeave, wire.KindKick, wire.KindProbe} {
+		if strings.HasPrefix(msg, `{"k":"`+k+`"`) {
+			return true
+		}
+	}
+	return false
 }
 
 // handle processes one pub/sub message on a worker.

@@ -15,12 +15,16 @@ import (
 
 func websocketCode(code int) websocket.StatusCode { return websocket.StatusCode(code) }
 
-// register writes or refreshes the node's lease.
+// register writes or refreshes the node's lease; while draining it keeps
+// the lease with the draining mark, and after unregister it does nothing.
 func (s *Server) register(ctx context.Context) {
-	if s.draining.Load() {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	if s.unregistered {
 		return
 	}
-	info, _ := json.Marshal(wire.NodeInfo{ID: s.cfg.NodeID, URL: s.cfg.PublicURL, Started: s.started})
+	draining := s.draining.Load()
+	info, _ := json.Marshal(wire.NodeInfo{ID: s.cfg.NodeID, URL: s.cfg.PublicURL, Started: s.started, Draining: draining})
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 	defer cancel()
 	n := s.names
@@ -39,21 +43,32 @@ func (s *Server) register(ctx context.Context) {
 	}
 	// A lease that had lapsed while we held it means a survivor may have
 	// reaped our clients: announce them again.
-	if existed, _ := res[0].AsInt64(); existed == 0 && s.everRegistered.Swap(true) {
+	if existed, _ := res[0].AsInt64(); existed == 0 && s.everRegistered.Swap(true) && !draining {
 		s.log.Warn("registry lease had lapsed; resyncing presence")
 		s.sub.markDirty()
 	}
 	s.registered.Store(true)
 }
 
-func (s *Server) unregister(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+// unregister ends the node's registration for good. With clean set (every
+// client's presence was removed) it deletes the lease and leaves the node
+// set; otherwise it only stops refreshing, so the lease lapses and a
+// survivor reaps what is left.
+func (s *Server) unregister(clean bool) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	s.unregistered = true
+	s.registered.Store(false)
+	if !clean {
+		s.log.Warn("presence not fully cleaned; leaving it for a survivor to reap", "node", s.cfg.NodeID)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RedisTimeout)
 	defer cancel()
 	n := s.names
 	s.rc.DoMulti(ctx,
 		s.rc.B().Srem().Key(n.NodeSet()).Member(s.cfg.NodeID).Build(),
 		s.rc.B().Del().Key(n.NodeKey(s.cfg.NodeID)).Build())
-	s.registered.Store(false)
 }
 
 // registryLoop refreshes the lease, reads the live nodes, reaps dead ones and
@@ -136,6 +151,7 @@ func (s *Server) reap(node string) {
 			_, err := s.markOffline(id, "", node, wire.ReasonNodeLost, node != s.cfg.NodeID)
 			if errors.Is(err, errNodeBack) {
 				s.log.Info("reap stopped: the node is back", "node", node, "clients", count)
+				s.rc.Do(ctx, s.rc.B().Del().Key(n.ReapLock(node)).Build())
 				return
 			}
 			if err != nil {
@@ -148,12 +164,14 @@ func (s *Server) reap(node string) {
 			break
 		}
 	}
-	// Release the claim too, so that the node can be reaped again should it
-	// come back and die within the claim's lifetime.
-	s.rc.DoMulti(ctx,
-		s.rc.B().Del().Key(n.NodeClients(node)).Build(),
-		s.rc.B().Srem().Key(n.NodeSet()).Member(node).Build(),
-		s.rc.B().Del().Key(n.ReapLock(node)).Build())
+	// Remove the node unless it came back meanwhile, and release the claim,
+	// so that it can be reaped again should it return and die within the
+	// claim's lifetime. (A failed reap keeps the claim until it expires,
+	// then another survivor retries.)
+	if err := s.reapDoneScript.Exec(ctx, s.rc,
+		[]string{n.NodeKey(node), n.NodeClients(node), n.NodeSet(), n.ReapLock(node)}, []string{node}).Error(); err != nil {
+		s.log.Warn("reap cleanup failed", "node", node, "err", err)
+	}
 	if count > 0 || node != s.cfg.NodeID {
 		s.log.Info("reaped node", "node", node, "clients", count)
 	}
@@ -210,7 +228,7 @@ func (s *Server) heartbeat(now time.Time) {
 func (s *Server) ping(cn *conn) {
 	ctx, cancel := context.WithTimeout(cn.ctx, s.cfg.PongTimeout)
 	defer cancel()
-	if err := cn.ws.Ping(ctx); err != nil && cn.ctx.Err() == nil {
+	if err := cn.ws.Ping(ctx); errors.Is(err, context.DeadlineExceeded) && cn.ctx.Err() == nil {
 		cn.close(wire.CloseNoPong, "ping timeout", wire.ReasonTimeout)
 	}
 }

@@ -34,7 +34,7 @@ type Server struct {
 	sub     *subscriber
 	limiter *rateLimiter
 
-	consumeScript, onlineScript, offlineScript *rueidis.Lua
+	consumeScript, onlineScript, offlineScript, reapDoneScript *rueidis.Lua
 
 	// stripes serialise the presence and membership changes of one clientId
 	// (attach, detach, join, leave) so that their Redis writes keep order.
@@ -49,6 +49,9 @@ type Server struct {
 	draining       atomic.Bool
 	registered     atomic.Bool
 	everRegistered atomic.Bool // a registration succeeded once
+
+	regMu        sync.Mutex // serialises lease writes with the final unregister
+	unregistered bool       // guarded by regMu
 
 	ctx    context.Context // cancelled when the node stops
 	cancel context.CancelFunc
@@ -72,18 +75,19 @@ func New(cfg Config, redis rueidis.Client, logger *slog.Logger) (*Server, error)
 		logger = slog.Default()
 	}
 	s := &Server{
-		cfg:           cfg,
-		log:           logger,
-		rc:            redis,
-		names:         wire.Names{Prefix: cfg.Prefix},
-		started:       time.Now().UnixMilli(),
-		hub:           newHub(),
-		metrics:       newMetrics(),
-		limiter:       newRateLimiter(cfg.ConnectRate),
-		stripeSeed:    maphash.MakeSeed(),
-		consumeScript: rueidis.NewLuaScript(wire.ScriptConsumeToken),
-		onlineScript:  rueidis.NewLuaScript(wire.ScriptOnline),
-		offlineScript: rueidis.NewLuaScript(wire.ScriptOffline),
+		cfg:            cfg,
+		log:            logger,
+		rc:             redis,
+		names:          wire.Names{Prefix: cfg.Prefix},
+		started:        time.Now().UnixMilli(),
+		hub:            newHub(),
+		metrics:        newMetrics(),
+		limiter:        newRateLimiter(cfg.ConnectRate),
+		stripeSeed:     maphash.MakeSeed(),
+		consumeScript:  rueidis.NewLuaScript(wire.ScriptConsumeToken),
+		onlineScript:   rueidis.NewLuaScript(wire.ScriptOnline),
+		offlineScript:  rueidis.NewLuaScript(wire.ScriptOffline),
+		reapDoneScript: rueidis.NewLuaScript(wire.ScriptReapDone),
 	}
 	if s.rc == nil {
 		opt, err := rueidis.ParseURL(cfg.RedisURL)
@@ -240,16 +244,19 @@ func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 }
 
-// Shutdown drains the node (SPEC §8): it leaves the registry, stops
-// accepting, closes every socket with 1001 spread over DrainWindow, cleans
-// presence (emitting offline events) and stops. ctx bounds the whole drain;
-// sockets still open when it ends are closed at once.
+// Shutdown drains the node (SPEC §8): it marks itself draining in the
+// registry (imhelper stops routing to it; its lease is kept so nobody reaps
+// it meanwhile), stops accepting, closes every socket with 1001 spread over
+// DrainWindow, cleans presence (emitting offline events), leaves the
+// registry and stops. ctx bounds the whole drain: when it ends, the
+// remaining sockets are dropped and, if some presence could not be cleaned,
+// the node's lease is left to lapse so that a survivor reaps it.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.draining.CompareAndSwap(false, true) {
 		return errors.New("imserver: already shut down")
 	}
 	s.log.Info("draining", "node", s.cfg.NodeID, "connections", s.Connections())
-	s.unregister(ctx)
+	s.register(ctx) // now with the draining mark
 	if s.httpSrv != nil {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		_ = s.httpSrv.Shutdown(sctx)
@@ -279,6 +286,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
+		// Out of time: Redis calls fail at once from here on, so the
+		// remaining detaches cannot keep us; their presence is left to a
+		// survivor's reap.
+		s.cancel()
 		for _, t := range timers {
 			t.Stop()
 		}
@@ -287,6 +298,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		<-done
 	}
+	s.unregister(err == nil && !s.sub.dirty.Load())
 	if s.adminSrv != nil {
 		_ = s.adminSrv.Close()
 	}

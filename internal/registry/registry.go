@@ -11,8 +11,10 @@ import (
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
-// Read returns the nodes whose lease is live, sorted by id, and the ids
-// listed in the registry whose lease lapsed.
+// Read returns the nodes whose lease is live and that are not draining,
+// sorted by id, and the ids listed in the registry whose lease lapsed. A
+// draining node is in neither list: it takes no new clients and is not
+// dead.
 func Read(ctx context.Context, rc rueidis.Client, n wire.Names) (live []wire.NodeInfo, dead []string, err error) {
 	ids, err := rc.Do(ctx, rc.B().Smembers().Key(n.NodeSet()).Build()).AsStrSlice()
 	if err != nil || len(ids) == 0 {
@@ -34,7 +36,9 @@ func Read(ctx context.Context, rc rueidis.Client, n wire.Names) (live []wire.Nod
 			dead = append(dead, ids[i])
 			continue
 		}
-		live = append(live, ni)
+		if !ni.Draining {
+			live = append(live, ni)
+		}
 	}
 	return live, dead, nil
 }

@@ -15,6 +15,9 @@ type NodeInfo struct {
 	ID      string `json:"id"`
 	URL     string `json:"url"`     // public ws(s) URL of the node's WebSocket endpoint
 	Started int64  `json:"started"` // unix ms
+	// Draining is set while the node shuts down: it keeps its lease (so it
+	// is not reaped) but takes no new clients.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // TokenRecord is the value of Names.TokenKey.

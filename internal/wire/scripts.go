@@ -15,4 +15,6 @@ var (
 	ScriptLeave string
 	//go:embed lua/chan_online.lua
 	ScriptChanOnline string
+	//go:embed lua/reap_done.lua
+	ScriptReapDone string
 )
