@@ -311,23 +311,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// Kill stops the node at once without draining, as a crash would: sockets
-// are dropped and presence is left for a survivor to clean. For tests.
-func (s *Server) Kill() {
-	s.draining.Store(true)
-	s.cancel()
-	if s.httpSrv != nil {
-		_ = s.httpSrv.Close()
-	}
-	if s.adminSrv != nil {
-		_ = s.adminSrv.Close()
-	}
-	s.loops.Wait()
-	if s.ownsRC {
-		s.rc.Close()
-	}
-}
-
 func (s *Server) stripe(id string) *sync.Mutex {
 	return &s.stripes[maphash.String(s.stripeSeed, id)%uint64(len(s.stripes))]
 }
