@@ -48,7 +48,8 @@ type Config struct {
 	// PongTimeout is how long a ping may go unanswered. Default 10s.
 	PongTimeout time.Duration
 	// WriteTimeout: a socket whose write has been blocked for longer is
-	// dropped as a slow consumer (checked once a second). Default 10s.
+	// dropped as a slow consumer (checked every WriteTimeout/5, at most every
+	// 2s). Default 10s.
 	WriteTimeout time.Duration
 	// MaxQueueBytes bounds a socket's outbound queue; a socket over it is
 	// closed with CloseSlowConsumer. Default 1 MiB.

@@ -193,7 +193,7 @@ func (s *Server) scheduleMoves() {
 // short-lived goroutine), and drops sockets whose write is stuck. One loop
 // over all sockets a second replaces a timer per socket.
 func (s *Server) pingLoop(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(s.heartbeatTick())
 	defer t.Stop()
 	for {
 		select {
@@ -203,6 +203,14 @@ func (s *Server) pingLoop(ctx context.Context) {
 			s.heartbeat(now)
 		}
 	}
+}
+
+// heartbeatTick is how often the ping loop walks the sockets: a fifth of the
+// shorter of the ping interval and the write timeout, between 100 ms and
+// 2 s (2 s with the defaults). Each pass touches every socket, which costs
+// cache misses, so no more often than the timeouts need.
+func (s *Server) heartbeatTick() time.Duration {
+	return min(max(min(s.cfg.PingInterval, s.cfg.WriteTimeout)/5, 100*time.Millisecond), 2*time.Second)
 }
 
 // heartbeat is one pass of the ping loop over every socket.
