@@ -95,11 +95,10 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ws.SetReadLimit(s.cfg.ReadLimit)
-	ctx, cancel := context.WithCancel(s.ctx)
 	// A random phase spreads the pings of sockets that connected together
 	// (a reconnect wave) over the whole interval.
 	phase := time.Duration(rand.Int64N(int64(s.cfg.PingInterval)))
-	cn := &conn{srv: s, ws: ws, nc: lw.conn, ctx: ctx, lastPing: time.Now().Add(-phase)}
+	cn := &conn{srv: s, ws: ws, nc: lw.conn, lastPing: time.Now().Add(-phase)}
 	s.conns.Add(1)
 	topics := s.attach(cn, rec)
 	attached = true
@@ -111,13 +110,12 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	// The socket's life goes on in a fresh goroutine, so that this handler's
 	// goroutine, with the stack that HTTP parsing grew, and the request are
 	// freed.
-	go s.serveConn(cn, cancel)
+	go s.serveConn(cn)
 }
 
 // serveConn reads the socket until it closes, then detaches it.
-func (s *Server) serveConn(cn *conn, cancel context.CancelFunc) {
+func (s *Server) serveConn(cn *conn) {
 	defer s.conns.Done()
-	defer cancel()
 	cn.readLoop()
 	_ = cn.ws.CloseNow() // no-op if a close handshake already finished
 	mu := s.stripe(cn.cl.id)

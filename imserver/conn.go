@@ -27,7 +27,6 @@ type conn struct {
 	ws  *websocket.Conn
 	nc  *batchConn // under ws: one write(2) per batch of frames
 	cl  *client    // set once by hub.add
-	ctx context.Context
 
 	mu      sync.Mutex
 	queue   []outFrame // guarded by mu
@@ -183,6 +182,13 @@ func (c *conn) abort(reason string) {
 	c.closeTCP()
 }
 
+// isClosing reports whether close or abort has begun.
+func (c *conn) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
 func (c *conn) offlineReason() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -196,7 +202,9 @@ func (c *conn) offlineReason() string {
 // broker is push-only; reading keeps pings, pongs and closes flowing.
 func (c *conn) readLoop() {
 	for {
-		_, r, err := c.ws.Reader(c.ctx)
+		// No context: a cancellable one would register a callback per read
+		// (memory held by every idle socket). Closing the socket ends it.
+		_, r, err := c.ws.Reader(context.Background())
 		if err != nil {
 			return
 		}

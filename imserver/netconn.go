@@ -25,7 +25,7 @@ type leanWriter struct {
 }
 
 const (
-	leanReadBuf  = 512 // a frame header, a pong or a small client frame
+	leanReadBuf  = 256 // a frame header, a pong or a small client frame
 	leanWriteBuf = 256 // headers and control frames; payloads go straight to batchConn
 )
 

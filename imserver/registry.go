@@ -234,9 +234,9 @@ func (s *Server) heartbeat(now time.Time) {
 }
 
 func (s *Server) ping(cn *conn) {
-	ctx, cancel := context.WithTimeout(cn.ctx, s.cfg.PongTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PongTimeout)
 	defer cancel()
-	if err := cn.ws.Ping(ctx); errors.Is(err, context.DeadlineExceeded) && cn.ctx.Err() == nil {
+	if err := cn.ws.Ping(ctx); errors.Is(err, context.DeadlineExceeded) && !cn.isClosing() {
 		cn.close(wire.CloseNoPong, "ping timeout", wire.ReasonTimeout)
 	}
 }

@@ -294,7 +294,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			t.Stop()
 		}
 		for _, cn := range all {
-			_ = cn.ws.CloseNow()
+			cn.closeTCP() // CloseNow does nothing once a close handshake began
 		}
 		<-done
 	}

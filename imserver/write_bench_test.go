@@ -49,9 +49,6 @@ func BenchmarkConnWrite(b *testing.B) {
 		}
 	}()
 	cn := <-got
-	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	cn.ctx = cctx
 	f := wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, []byte(`{"text":"a 100-byte-ish payload for the benchmark, like the targets in issue five use"}`))
 	of := outFrame{b: f}
 	b.ReportAllocs()
