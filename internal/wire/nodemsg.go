@@ -96,8 +96,11 @@ func appendList(b []byte, key string, vs []string) []byte {
 func DecodeNodeMsg(msg []byte) (NodeMsg, [][]byte, error) {
 	var h NodeMsg
 	head, rest, hasFrames := bytes.Cut(msg, []byte{'\n'})
-	if err := json.Unmarshal(head, &h); err != nil {
-		return h, nil, fmt.Errorf("%w: header: %v", ErrMalformed, err)
+	if !decodeHeaderFast(head, &h) {
+		h = NodeMsg{}
+		if err := json.Unmarshal(head, &h); err != nil {
+			return h, nil, fmt.Errorf("%w: header: %v", ErrMalformed, err)
+		}
 	}
 	var frames [][]byte
 	for hasFrames {
@@ -136,4 +139,102 @@ func DecodeNodeMsg(msg []byte) (NodeMsg, [][]byte, error) {
 // can be written to browsers as a text message.
 func ValidFrame(f []byte) bool {
 	return len(f) > 0 && f[0] == '{' && utf8.Valid(f)
+}
+
+// decodeHeaderFast parses the compact form EncodeNodeMsg writes (no
+// whitespace, no escapes in strings, known keys) without reflection; it
+// reports false for anything else, which encoding/json then handles. Both
+// give the same result (FuzzHeaderFastPath).
+func decodeHeaderFast(b []byte, h *NodeMsg) bool {
+	if len(b) < 2 || b[0] != '{' || b[len(b)-1] != '}' {
+		return false
+	}
+	b = b[1 : len(b)-1]
+	for len(b) > 0 {
+		key, rest, ok := fastString(b)
+		if !ok || len(rest) == 0 || rest[0] != ':' {
+			return false
+		}
+		b = rest[1:]
+		var dst *string
+		var list *[]string
+		switch key {
+		case "k":
+			dst = &h.Kind
+		case "echo":
+			dst = &h.Echo
+		case "rcpt":
+			dst = &h.Receipt
+		case "id":
+			dst = &h.ID
+		case "c":
+			dst = &h.Client
+		case "nonce":
+			dst = &h.Nonce
+		case "to":
+			list = &h.To
+		case "chans":
+			list = &h.Chans
+		default:
+			return false
+		}
+		if dst != nil {
+			v, rest, ok := fastString(b)
+			if !ok {
+				return false
+			}
+			*dst, b = v, rest
+		} else {
+			if len(b) == 0 || b[0] != '[' {
+				return false
+			}
+			b = b[1:]
+			vs := []string{}
+			for len(b) > 0 && b[0] != ']' {
+				v, rest, ok := fastString(b)
+				if !ok {
+					return false
+				}
+				vs = append(vs, v)
+				b = rest
+				if len(b) > 0 && b[0] == ',' && len(b) > 1 && b[1] != ']' {
+					b = b[1:]
+				} else if len(b) == 0 || b[0] != ']' {
+					return false
+				}
+			}
+			if len(b) == 0 {
+				return false
+			}
+			*list, b = vs, b[1:]
+		}
+		if len(b) > 0 {
+			if b[0] != ',' || len(b) == 1 {
+				return false
+			}
+			b = b[1:]
+		}
+	}
+	return h.Kind != ""
+}
+
+// fastString reads a JSON string with no escapes and no control bytes, of
+// valid UTF-8.
+func fastString(b []byte) (string, []byte, bool) {
+	if len(b) < 2 || b[0] != '"' {
+		return "", nil, false
+	}
+	for i := 1; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			s := b[1:i]
+			if !utf8.Valid(s) {
+				return "", nil, false
+			}
+			return string(s), b[i+1:], true
+		case c == '\\' || c < 0x20:
+			return "", nil, false
+		}
+	}
+	return "", nil, false
 }

@@ -278,3 +278,32 @@ func TestEncodeNodeMsgMatchesEncodingJSON(t *testing.T) {
 		}
 	}
 }
+
+// The fast header parser must agree with encoding/json wherever it accepts.
+func FuzzHeaderFastPath(f *testing.F) {
+	f.Add([]byte(`{"k":"send","to":["b","c"],"echo":"a","rcpt":"a","id":"x"}`))
+	f.Add([]byte(`{"k":"join","c":"a","chans":["r1"]}`))
+	f.Add([]byte(`{"k":"send","to":[]}`))
+	f.Add([]byte(`{"k":"probe","nonce":"n","k":"kick"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var fast NodeMsg
+		if !decodeHeaderFast(b, &fast) {
+			return
+		}
+		var slow NodeMsg
+		if err := json.Unmarshal(b, &slow); err != nil {
+			t.Fatalf("fast path accepted %q, encoding/json refused it: %v", b, err)
+		}
+		if fmt.Sprintf("%q", fast) != fmt.Sprintf("%q", slow) {
+			t.Fatalf("%q: fast %+v, encoding/json %+v", b, fast, slow)
+		}
+	})
+}
+
+func TestHeaderFastPathTakesOurEncoding(t *testing.T) {
+	h := NodeMsg{Kind: KindSend, To: []string{"b", "c"}, Echo: "a", Receipt: "a", ID: "01J"}
+	var got NodeMsg
+	if !decodeHeaderFast(EncodeNodeMsg(h), &got) || fmt.Sprint(got) != fmt.Sprint(h) {
+		t.Fatalf("fast path did not take %s: %+v", EncodeNodeMsg(h), got)
+	}
+}
