@@ -116,6 +116,7 @@ func TestThreeNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSubscribers(t, c, "room-1", len(c.nodes))
+	c.barrier(clients[:30]...)
 	list, _ := h.GetChanClientList(bg, "room-1")
 	if len(list) != 30 {
 		t.Errorf("GetChanClientList = %d members", len(list))
@@ -154,7 +155,7 @@ func TestThreeNodes(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(50 * time.Millisecond) // let the owning node apply the leave
+	c.barrier(clients[1])
 	if _, err := h.SendChanMessage(bg, "alice", "room-1", `2`); err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +267,7 @@ func TestSendCostsOnePublishPerNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSubscribers(t, c, "all", 3)
+	c.barrier(clients[:100]...)
 	before = publishCalls(t, c)
 	if _, err := c.helper.SendChanMessage(bg, "boss", "all", `1`); err != nil {
 		t.Fatal(err)
@@ -320,6 +322,7 @@ func TestChannelExactlyOnce(t *testing.T) {
 		}
 	}
 	waitSubscribers(t, c, "lobby", 2)
+	c.barrier(members...)
 	const msgs = 50
 	for i := 0; i < msgs; i++ {
 		if _, err := h.SendChanMessage(bg, "x", "lobby", strconv.Itoa(i)); err != nil {

@@ -271,3 +271,20 @@ func getJSON(t testing.TB, url string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, strings.TrimSpace(string(b))
 }
+
+// barrier waits until the owning node of each client has handled every
+// control message (join, leave) published for it so far: a direct message
+// sent now travels the same node channel, handled in order by one worker,
+// so once it arrives the earlier ones were applied. The barrier frame is
+// consumed.
+func (c *cluster) barrier(clients ...*wsClient) {
+	c.t.Helper()
+	for _, w := range clients {
+		if _, err := c.helper.SendMessage(context.Background(), "barrier", []string{w.id}, `"barrier"`); err != nil {
+			c.t.Fatal(err)
+		}
+		if f := w.next(c.t); f.From != "barrier" {
+			c.t.Fatalf("%s: expected the barrier, got %+v", w.id, f)
+		}
+	}
+}
