@@ -197,6 +197,31 @@ type stepResult struct {
 	cmds, pubs       int64
 }
 
+// finishStep closes rate step k once sending ended: it waits for the
+// deliveries (perMsg per message sent), reads CPU and Redis counters,
+// adds the row to t and rows and notes the profile.
+func (e *env) finishStep(ctx context.Context, t *Table, rows *[]plotRow, scenario string, k int, r *stepResult,
+	perMsg int64, m *cpuMeter, cmd0, pub0 int64, prof func() string) (recvStats, error) {
+	r.window = max(e.o.step, time.Since(r.start))
+	r.achieved = float64(r.sent) / r.window.Seconds()
+	r.expected = r.sent * perMsg
+	s, err := e.drainStep(ctx, k, r.expected)
+	if err != nil {
+		return s, err
+	}
+	r.cpu = e.cpu(m)
+	cmd1, pub1 := e.commandStats(ctx)
+	r.cmds, r.pubs = cmd1-cmd0, pub1-pub0
+	r.st, r.hist = s.step(k)
+	pr := r.row(t)
+	pr.Scenario = scenario
+	*rows = append(*rows, pr)
+	if f := prof(); f != "" {
+		t.Notes = append(t.Notes, fmt.Sprintf("node CPU profile of step %d: %s", k, f))
+	}
+	return s, nil
+}
+
 // drainStep waits until step k has every expected delivery or drain passed.
 func (e *env) drainStep(ctx context.Context, k int, expected int64) (recvStats, error) {
 	deadline := time.Now().Add(e.o.drain)
@@ -354,22 +379,9 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 			}
 			r.sent++
 		}
-		r.window = max(e.o.step, time.Since(r.start))
-		r.achieved = float64(r.sent) / r.window.Seconds()
-		r.expected = r.sent * int64(M)
-		s, err := e.drainStep(ctx, k, r.expected)
+		s, err := e.finishStep(ctx, t, &rows, "fanout", k, &r, int64(M), m, cmd0, pub0, prof)
 		if err != nil {
 			return t, rows, err
-		}
-		r.cpu = e.cpu(m)
-		cmd1, pub1 := e.commandStats(ctx)
-		r.cmds, r.pubs = cmd1-cmd0, pub1-pub0
-		r.st, r.hist = s.step(k)
-		pr := r.row(t)
-		pr.Scenario = "fanout"
-		rows = append(rows, pr)
-		if f := prof(); f != "" {
-			t.Notes = append(t.Notes, fmt.Sprintf("node CPU profile of step %d: %s", k, f))
 		}
 		if s.alive != int64(M) {
 			t.Notes = append(t.Notes, fmt.Sprintf("after step %d only %d of %d sockets alive", k, s.alive, M))
@@ -457,22 +469,9 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 		}
 		wg.Wait()
 		r.sent, r.sendErrs = sent.Load(), errs.Load()
-		r.window = max(e.o.step, time.Since(r.start))
-		r.achieved = float64(r.sent) / r.window.Seconds()
-		r.expected = r.sent
-		s, err := e.drainStep(ctx, k, r.expected)
+		s, err := e.finishStep(ctx, t, &rows, "p2p", k, &r, 1, m, cmd0, pub0, prof)
 		if err != nil {
 			return t, rows, err
-		}
-		r.cpu = e.cpu(m)
-		cmd1, pub1 := e.commandStats(ctx)
-		r.cmds, r.pubs = cmd1-cmd0, pub1-pub0
-		r.st, r.hist = s.step(k)
-		pr := r.row(t)
-		pr.Scenario = "p2p"
-		rows = append(rows, pr)
-		if f := prof(); f != "" {
-			t.Notes = append(t.Notes, fmt.Sprintf("node CPU profile of step %d: %s", k, f))
 		}
 		if r.sendErrs > 0 {
 			t.Notes = append(t.Notes, fmt.Sprintf("step %d: %d SendMessage errors", k, r.sendErrs))
