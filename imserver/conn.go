@@ -19,9 +19,9 @@ type outFrame struct {
 	ts int64 // publish time in unix ms from the frame, 0 if unknown
 }
 
-// conn is one WebSocket. Its reader is the HTTP handler goroutine; a writer
-// goroutine exists only while the queue is non-empty, so an idle socket costs
-// one goroutine.
+// conn is one WebSocket. Its reader is a goroutine started after the
+// handshake (serveConn); a writer goroutine exists only while the queue is
+// non-empty, so an idle socket costs one goroutine.
 type conn struct {
 	srv *Server
 	ws  *websocket.Conn
@@ -57,7 +57,6 @@ func (c *conn) enqueue(f outFrame) bool {
 	// not mistaken for a slow reader.
 	if c.queued > 0 && c.queued+len(f.b) > c.srv.cfg.MaxQueueBytes {
 		c.mu.Unlock()
-		c.srv.metrics.slowCloses.Inc()
 		c.srv.metrics.dropped.Inc()
 		c.close(wire.CloseSlowConsumer, "slow consumer", wire.ReasonSlow)
 		return false

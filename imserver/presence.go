@@ -49,6 +49,9 @@ func (s *Server) detach(cn *conn, reason string) (topics []string) {
 	s.connCount.Add(-1)
 	s.metrics.conns.Dec()
 	s.metrics.closes.WithLabelValues(reason).Inc()
+	if reason == wire.ReasonSlow { // counted here: once per socket, however it was cut
+		s.metrics.slowCloses.Inc()
+	}
 	if !last {
 		return nil
 	}

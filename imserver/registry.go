@@ -219,7 +219,6 @@ func (s *Server) heartbeat(now time.Time) {
 		c.mu.RLock()
 		for _, cn := range c.conns {
 			if cn.writeStuck(now) {
-				s.metrics.slowCloses.Inc()
 				go cn.abort(wire.ReasonSlow)
 				continue
 			}
