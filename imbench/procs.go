@@ -239,28 +239,20 @@ func (n *node) runtime() (runtimeStats, bool) {
 
 // cpuProfile fetches a CPU profile of a node-mode node into file.
 func (n *node) cpuProfile(ctx context.Context, secs int, file string) error {
-	if n.debug == "" {
-		return errors.New("node has no debug address (use node mode)")
-	}
-	req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", n.debug, secs), nil)
-	r, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer r.Body.Close()
-	b, err := io.ReadAll(r.Body)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(file, b, 0o644)
+	return n.saveProfile(ctx, fmt.Sprintf("profile?seconds=%d", secs), file)
 }
 
 // fetchProfile fetches any pprof endpoint (e.g. heap) of a node-mode node.
 func (n *node) fetchProfile(kind, file string) error {
+	return n.saveProfile(context.Background(), kind, file)
+}
+
+func (n *node) saveProfile(ctx context.Context, path, file string) error {
 	if n.debug == "" {
-		return errors.New("node has no debug address")
+		return errors.New("node has no debug address (use node mode)")
 	}
-	r, err := http.Get("http://" + n.debug + "/debug/pprof/" + kind)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+n.debug+"/debug/pprof/"+path, nil)
+	r, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
 	}

@@ -43,16 +43,7 @@ func TestThreeNodes(t *testing.T) {
 			t.Errorf("node %s owns only %d of %d clients", node, k, n)
 		}
 	}
-	checkFor(t, 5*time.Second, func() error {
-		total := 0
-		for _, nd := range c.nodes {
-			total += nd.Connections()
-		}
-		if total != n {
-			return fmt.Errorf("%d sockets open, want %d", total, n)
-		}
-		return nil
-	})
+	waitConnections(t, c, n)
 
 	// Presence.
 	online, err := h.GetClientListByOnline(bg)
