@@ -344,6 +344,10 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 		_, err := e.helper.SendChanMessage(ctx, "bench-pub", ch, p)
 		return err
 	}
+	// JoinChan returns once Redis has the membership; each node applies it
+	// from its own channel a moment later (docs/protocol.md, delivery).
+	// Give the nodes that moment before the warm-up counts deliveries.
+	time.Sleep(time.Second)
 	// Step 0 is a warm-up: every member must get its messages.
 	for i := 0; i < 5; i++ {
 		if err := send(0); err != nil {
