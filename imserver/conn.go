@@ -89,15 +89,10 @@ func (c *conn) writeLoop() {
 		c.writeSince.Store(time.Now().UnixNano())
 		c.nc.begin()
 		for _, f := range batch {
-			// No deadline on the context: see writeSince.
-			if err = c.ws.Write(context.Background(), websocket.MessageText, f.b); err != nil {
-				break
-			}
+			c.nc.appendText(f.b)
 			n += len(f.b)
 		}
-		if e := c.nc.end(); err == nil {
-			err = e
-		}
+		err = c.nc.end()
 		if err == nil {
 			for _, f := range batch {
 				c.srv.metrics.observeDelivery(f.ts)

@@ -2,6 +2,7 @@ package imserver
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/http"
@@ -85,6 +86,29 @@ func (b *batchConn) Close() error {
 		b.mu.Unlock()
 	}
 	return b.Conn.Close()
+}
+
+// appendText adds one unmasked, final text frame carrying p to the open
+// batch: the frame header is 2 to 10 bytes (RFC 6455 §5.2). The writer uses
+// it instead of coder/websocket's Write for data frames, which costs a
+// message writer reset, two locks and a flush per frame; control frames
+// (ping, pong, close) still come from the library, each as one Write of a
+// whole frame, so frames never interleave.
+func (b *batchConn) appendText(p []byte) {
+	b.mu.Lock()
+	buf := *b.buf
+	n := len(p)
+	switch {
+	case n < 126:
+		buf = append(buf, 0x81, byte(n))
+	case n < 1<<16:
+		buf = append(buf, 0x81, 126, byte(n>>8), byte(n))
+	default:
+		buf = append(buf, 0x81, 127)
+		buf = binary.BigEndian.AppendUint64(buf, uint64(n))
+	}
+	*b.buf = append(buf, p...)
+	b.mu.Unlock()
 }
 
 func (b *batchConn) begin() {
