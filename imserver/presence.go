@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/redis/rueidis"
 
 	"github.com/imbroker/imbroker/internal/wire"
@@ -237,7 +238,7 @@ func (s *Server) applyLeave(id string, chans []string) {
 func (s *Server) closeClient(id string, code int, msg, reason string) {
 	if c := s.hub.get(id); c != nil {
 		for _, cn := range c.connList() {
-			cn.close(websocketCode(code), msg, reason)
+			cn.close(websocket.StatusCode(code), msg, reason)
 		}
 	}
 }

@@ -7,13 +7,9 @@ import (
 	"slices"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/imbroker/imbroker/internal/registry"
 	"github.com/imbroker/imbroker/internal/wire"
 )
-
-func websocketCode(code int) websocket.StatusCode { return websocket.StatusCode(code) }
 
 // register writes or refreshes the node's lease; while draining it keeps
 // the lease with the draining mark, and after unregister it does nothing.
