@@ -10,9 +10,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/imbroker/imbroker/imhelper"
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -25,7 +24,7 @@ type env struct {
 	redisURL string
 	nodes    []*node
 	helper   *imhelper.Client
-	rc       rueidis.Client
+	diag     *store.Redis // read-only looks at Redis (commandstats, subscribers)
 	workers  []*workerProc
 	closed   sync.Once
 }
@@ -73,7 +72,7 @@ func newEnv(ctx context.Context, o options) (*env, error) {
 	if err != nil {
 		return e, err
 	}
-	e.rc = e.helper.Redis()
+	e.diag = store.NewRedis(e.helper.Redis(), store.Options{})
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		_ = e.helper.RefreshNodes(ctx)
 		if n := len(e.helper.Nodes()); n > 0 && (o.redisURL != "" || n >= o.nodes) {
@@ -313,28 +312,19 @@ func (e *env) arm(mode string, maxSeq int) error {
 	return nil
 }
 
-// commandStats returns Redis' total command calls and PUBLISH calls.
+// commandStats returns Redis' total command calls (INFO itself excluded)
+// and PUBLISH calls.
 func (e *env) commandStats(ctx context.Context) (total, publish int64) {
-	s, err := e.rc.Do(ctx, e.rc.B().Info().Section("commandstats").Build()).ToString()
+	calls, err := e.diag.CommandCalls(ctx)
 	if err != nil {
 		return -1, -1
 	}
-	for _, line := range strings.Split(s, "\n") {
-		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || !strings.HasPrefix(name, "cmdstat_") {
-			continue
-		}
-		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
-		n, _ := strconv.ParseInt(calls, 10, 64)
-		if name == "cmdstat_info" {
-			continue
-		}
-		total += n
-		if name == "cmdstat_publish" {
-			publish = n
+	for name, n := range calls {
+		if name != "info" {
+			total += n
 		}
 	}
-	return total, publish
+	return total, calls["publish"]
 }
 
 // nodeSample is RSS and goroutines of every node.

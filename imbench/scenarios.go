@@ -12,8 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/imbroker/imbroker/internal/wire"
 )
 
 func kib(b float64) string { return fmt.Sprintf("%.1f", b/1024) }
@@ -318,16 +316,12 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 	}
 	// Wait until every owning node subscribed to the channel's topic.
 	owners := len(e.ownersOf(M))
-	topic := wire.Names{Prefix: wire.DefaultPrefix}.TopicChannel(ch)
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		res, err := e.rc.Do(ctx, e.rc.B().PubsubNumsub().Channel(topic).Build()).ToArray()
-		if err == nil && len(res) == 2 {
-			if n, _ := res[1].AsInt64(); n >= int64(owners) {
-				break
-			}
+		if n, err := e.diag.ChannelSubscribers(ctx, ch); err == nil && n >= int64(owners) {
+			break
 		}
 		if time.Now().After(deadline) {
-			return nil, nil, fmt.Errorf("topic %s not subscribed by %d nodes", topic, owners)
+			return nil, nil, fmt.Errorf("channel %s not subscribed by %d nodes", ch, owners)
 		}
 	}
 	maxSeq := 16

@@ -2,15 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/imbroker/imbroker/imhelper"
 	"github.com/imbroker/imbroker/internal/redistest"
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -24,19 +22,16 @@ import (
 func BenchmarkSendMessage(b *testing.B) {
 	srv := redistest.Start(b)
 	ctx := context.Background()
-	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr}, DisableCache: true})
+	rc, err := store.Dial(srv.URL())
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer rc.Close()
-	n := wire.Names{Prefix: wire.DefaultPrefix}
+	st := store.NewRedis(rc, store.Options{})
 	for i := 1; i <= 3; i++ {
 		id := "n" + strconv.Itoa(i)
-		info, _ := json.Marshal(wire.NodeInfo{ID: id, URL: "ws://127.0.0.1:1/ws", Started: time.Now().UnixMilli()})
-		if err := rc.Do(ctx, rc.B().Set().Key(n.NodeKey(id)).Value(string(info)).Px(time.Hour).Build()).Error(); err != nil {
-			b.Fatal(err)
-		}
-		if err := rc.Do(ctx, rc.B().Sadd().Key(n.NodeSet()).Member(id).Build()).Error(); err != nil {
+		info := wire.NodeInfo{ID: id, URL: "ws://127.0.0.1:1/ws", Started: time.Now().UnixMilli()}
+		if _, err := st.WriteLease(ctx, info, time.Hour); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -5,8 +5,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/redis/rueidis"
-
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -19,26 +18,14 @@ func (c *Client) JoinChan(ctx context.Context, id string, chans ...string) error
 	if err := c.checkMembership(id, chans); err != nil || len(chans) == 0 {
 		return err
 	}
-	n := c.names
-	cmds := make(rueidis.Commands, 0, 2*len(chans)+3)
-	for _, ch := range chans {
-		cmds = append(cmds, c.rc.B().Sadd().Key(n.ChanMembers(ch)).Member(id).Build())
-	}
-	cmds = append(cmds,
-		c.rc.B().Sadd().Key(n.ClientChans(id)).Member(chans...).Build(),
-		c.rc.B().Sadd().Key(n.Chans()).Member(chans...).Build(),
-		c.rc.B().Hget().Key(n.Online()).Field(id).Build())
-	res := c.rc.DoMulti(ctx, cmds...)
-	if err := firstErr(res[:len(res)-1]); err != nil {
+	node, err := c.st.Join(ctx, id, chans)
+	if err != nil {
 		return fmt.Errorf("failed to join: %w", err)
 	}
-	node, err := res[len(res)-1].ToString()
-	if rueidis.IsRedisNil(err) {
+	if node == "" {
 		return nil // not online: the node loads the membership on connect
-	} else if err != nil {
-		return fmt.Errorf("failed to join: %w", err)
 	}
-	return c.notify(ctx, node, wire.NodeMsg{Kind: wire.KindJoin, Client: id, Chans: chans})
+	return c.notify(ctx, wire.NodeMsg{Kind: wire.KindJoin, Client: id, Chans: chans}, node)
 }
 
 // LeaveChan removes client id from channels. It is idempotent.
@@ -46,15 +33,14 @@ func (c *Client) LeaveChan(ctx context.Context, id string, chans ...string) erro
 	if err := c.checkMembership(id, chans); err != nil || len(chans) == 0 {
 		return err
 	}
-	n := c.names
-	args := append([]string{id, n.ChanMembers("")}, chans...)
-	node, err := c.leaveScript.Exec(ctx, c.rc, []string{n.ClientChans(id), n.Chans(), n.Online()}, args).ToString()
-	if rueidis.IsRedisNil(err) {
-		return nil
-	} else if err != nil {
+	node, err := c.st.Leave(ctx, id, chans)
+	if err != nil {
 		return fmt.Errorf("failed to leave: %w", err)
 	}
-	return c.notify(ctx, node, wire.NodeMsg{Kind: wire.KindLeave, Client: id, Chans: chans})
+	if node == "" {
+		return nil
+	}
+	return c.notify(ctx, wire.NodeMsg{Kind: wire.KindLeave, Client: id, Chans: chans}, node)
 }
 
 // JoinChanClients adds several clients to one channel (the by-channel form
@@ -93,10 +79,16 @@ func (c *Client) checkMembership(id string, chans []string) error {
 	return nil
 }
 
-// notify publishes a control message to a node.
-func (c *Client) notify(ctx context.Context, node string, h wire.NodeMsg) error {
-	if err := c.rc.Do(ctx, c.publish(c.names.NodeChannel(node), wire.EncodeNodeMsg(h))).Error(); err != nil {
-		return fmt.Errorf("failed to notify node %s: %w", node, err)
+// notify publishes a control message to nodes.
+func (c *Client) notify(ctx context.Context, h wire.NodeMsg, nodes ...string) error {
+	h.Version = c.view.Load().proto
+	msg := wire.EncodeNodeMsg(h)
+	msgs := make([]store.NodeMessage, len(nodes))
+	for i, n := range nodes {
+		msgs[i] = store.NodeMessage{Node: n, Msg: msg}
+	}
+	if err := c.st.PublishNodes(ctx, msgs...); err != nil {
+		return fmt.Errorf("failed to notify node %v: %w", nodes, err)
 	}
 	return nil
 }
@@ -106,7 +98,7 @@ func (c *Client) GetChanClientList(ctx context.Context, ch string) ([]string, er
 	if err := wire.ValidateChannel(ch); err != nil {
 		return nil, err
 	}
-	ids, err := c.rc.Do(ctx, c.rc.B().Smembers().Key(c.names.ChanMembers(ch)).Build()).AsStrSlice()
+	ids, err := c.st.ChanMembers(ctx, ch)
 	slices.Sort(ids)
 	return ids, err
 }
@@ -120,14 +112,14 @@ type ChanInfo struct {
 // GetChanList returns every channel with at least one member, with its
 // online member count, sorted by name.
 func (c *Client) GetChanList(ctx context.Context) ([]ChanInfo, error) {
-	names, err := c.rc.Do(ctx, c.rc.B().Smembers().Key(c.names.Chans()).Build()).AsStrSlice()
+	names, err := c.st.Chans(ctx)
 	if err != nil || len(names) == 0 {
 		return nil, err
 	}
 	slices.Sort(names)
-	counts, err := c.chanOnline(ctx, names)
+	counts, err := c.st.ChanOnline(ctx, names)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to count channel members: %w", err)
 	}
 	out := make([]ChanInfo, len(names))
 	for i, n := range names {
@@ -141,7 +133,7 @@ func (c *Client) GetChanListByClientId(ctx context.Context, id string) ([]string
 	if err := wire.ValidateClientID(id); err != nil {
 		return nil, err
 	}
-	chans, err := c.rc.Do(ctx, c.rc.B().Smembers().Key(c.names.ClientChans(id)).Build()).AsStrSlice()
+	chans, err := c.st.ClientChans(ctx, id)
 	slices.Sort(chans)
 	return chans, err
 }
@@ -151,28 +143,9 @@ func (c *Client) GetChanOnline(ctx context.Context, ch string) (int, error) {
 	if err := wire.ValidateChannel(ch); err != nil {
 		return 0, err
 	}
-	counts, err := c.chanOnline(ctx, []string{ch})
+	counts, err := c.st.ChanOnline(ctx, []string{ch})
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("failed to count channel members: %w", err)
 	}
 	return counts[0], nil
-}
-
-// chanOnline counts online members, a few channels per script call so that
-// no single call keeps Redis busy for long.
-func (c *Client) chanOnline(ctx context.Context, chans []string) ([]int, error) {
-	out := make([]int, 0, len(chans))
-	for len(chans) > 0 {
-		k := min(len(chans), 50)
-		args := append([]string{c.names.ChanMembers("")}, chans[:k]...)
-		vals, err := c.chanOnlineScript.Exec(ctx, c.rc, []string{c.names.Online()}, args).AsIntSlice()
-		if err != nil {
-			return nil, fmt.Errorf("failed to count channel members: %w", err)
-		}
-		for _, v := range vals {
-			out = append(out, int(v))
-		}
-		chans = chans[k:]
-	}
-	return out, nil
 }

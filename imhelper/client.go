@@ -10,7 +10,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/imbroker/imbroker/internal/registry"
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -23,6 +23,7 @@ type Options struct {
 	// RedisURL is used when Redis is nil. Default redis://127.0.0.1:6379/0.
 	RedisURL string
 	// Prefix of Redis keys and channels; must match the nodes'. Default "im:".
+	// EventStreamMaxLen is not an option here: only nodes append events.
 	Prefix string
 	// TokenTTL is how long a PrevConnectServer URL stays usable. Default 30s.
 	TokenTTL time.Duration
@@ -40,10 +41,8 @@ type Client struct {
 	opt    Options
 	rc     rueidis.Client
 	ownsRC bool
-	names  wire.Names
+	st     store.Helper // every Redis command goes through it
 	log    *slog.Logger
-
-	leaveScript, chanOnlineScript *rueidis.Lua
 
 	view atomic.Pointer[nodeView]
 
@@ -57,6 +56,9 @@ type Client struct {
 type nodeView struct {
 	ids  []string
 	urls map[string]string
+	// proto is the node message version to write: the lowest that every
+	// live node reads, so that old nodes understand it during an upgrade.
+	proto int
 }
 
 // New creates a Client and loads the node view once. It does not fail when
@@ -66,7 +68,7 @@ func New(ctx context.Context, opt Options) (*Client, error) {
 		opt.RedisURL = "redis://127.0.0.1:6379/0"
 	}
 	if opt.Prefix == "" {
-		opt.Prefix = wire.DefaultPrefix
+		opt.Prefix = store.DefaultPrefix
 	}
 	if opt.TokenTTL <= 0 {
 		opt.TokenTTL = 30 * time.Second
@@ -81,25 +83,19 @@ func New(ctx context.Context, opt Options) (*Client, error) {
 		opt.Logger = slog.Default()
 	}
 	c := &Client{
-		opt:              opt,
-		rc:               opt.Redis,
-		names:            wire.Names{Prefix: opt.Prefix},
-		log:              opt.Logger,
-		leaveScript:      rueidis.NewLuaScript(wire.ScriptLeave),
-		chanOnlineScript: rueidis.NewLuaScript(wire.ScriptChanOnline),
-		refresh:          make(chan struct{}, 1),
+		opt:     opt,
+		rc:      opt.Redis,
+		log:     opt.Logger,
+		refresh: make(chan struct{}, 1),
 	}
 	if c.rc == nil {
-		o, err := rueidis.ParseURL(opt.RedisURL)
-		if err != nil {
-			return nil, fmt.Errorf("failed to parse redis url: %w", err)
-		}
-		o.DisableCache = true
-		if c.rc, err = rueidis.NewClient(o); err != nil {
-			return nil, fmt.Errorf("failed to connect to redis: %w", err)
+		var err error
+		if c.rc, err = store.Dial(opt.RedisURL); err != nil {
+			return nil, err
 		}
 		c.ownsRC = true
 	}
+	c.st = store.NewRedis(c.rc, store.Options{Prefix: opt.Prefix})
 	c.view.Store(&nodeView{})
 	if err := c.loadNodes(ctx); err != nil {
 		if c.ownsRC {
@@ -131,6 +127,15 @@ func (c *Client) Close() {
 // Redis.
 func (c *Client) Redis() rueidis.Client { return c.rc }
 
+// DialRedis connects to a redis:// or rediss:// URL the way nodes and
+// imhelper do, for a caller that shares one client between them.
+func DialRedis(url string) (rueidis.Client, error) { return store.Dial(url) }
+
+// DialEmbeddedRedis connects to an embedded Redis-protocol server for tests
+// and demos (github.com/alicebob/miniredis/v2 at addr), with the options
+// that server needs.
+func DialEmbeddedRedis(addr string) (rueidis.Client, error) { return store.DialEmbedded(addr) }
+
 func (c *Client) refreshLoop(ctx context.Context) {
 	defer c.wg.Done()
 	t := time.NewTicker(c.opt.RefreshInterval)
@@ -151,14 +156,15 @@ func (c *Client) refreshLoop(ctx context.Context) {
 }
 
 func (c *Client) loadNodes(ctx context.Context) error {
-	live, _, err := registry.Read(ctx, c.rc, c.names)
+	live, _, err := c.st.Nodes(ctx)
 	if err != nil {
 		return err
 	}
-	v := &nodeView{urls: make(map[string]string, len(live))}
+	v := &nodeView{urls: make(map[string]string, len(live)), proto: wire.NodeMsgVersion}
 	for _, n := range live {
 		v.ids = append(v.ids, n.ID)
 		v.urls[n.ID] = n.URL
+		v.proto = min(v.proto, max(n.Proto, 1))
 	}
 	c.view.Store(v)
 	return nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/imbroker/imbroker/internal/redistest"
 )
@@ -25,6 +26,11 @@ func TestEncodePayload(t *testing.T) {
 		{"", "", ErrInvalidPayload},
 		{make(chan int), "", ErrInvalidPayload},
 		{`"` + string(make([]byte, 70)) + `"`, "", ErrPayloadTooLarge},
+		// json.Compact lets invalid UTF-8 inside a string through; a node
+		// would then drop the frame after the send reported success.
+		{"\"a\xffb\"", "", ErrPayloadNotUTF8},
+		{[]byte("\"a\xffb\""), "", ErrInvalidPayload},
+		{json.RawMessage("{\"k\":\"\xed\xa0\x80\"}"), "", ErrPayloadNotUTF8}, // a UTF-16 surrogate
 	}
 	for _, tc := range cases {
 		got, err := c.encodePayload(tc.in)
@@ -47,6 +53,13 @@ func TestNoNodes(t *testing.T) {
 	if _, err := c.SendMessage(context.Background(), "a", []string{"b"}, `1`); !errors.Is(err, ErrNoNodes) {
 		t.Errorf("SendMessage with no nodes: %v", err)
 	}
+	// Refused before anything is published, so nothing accepted is lost.
+	if _, err := c.SendChanMessage(context.Background(), "a", "r", "\"a\xffb\""); !errors.Is(err, ErrPayloadNotUTF8) {
+		t.Errorf("SendChanMessage with invalid UTF-8: %v", err)
+	}
+	if _, err := c.SendBroadcastMessage(context.Background(), []byte("\"\xc3\"")); !errors.Is(err, ErrPayloadNotUTF8) {
+		t.Errorf("SendBroadcastMessage with invalid UTF-8: %v", err)
+	}
 	c.Close()
 	if _, err := c.SendChanMessage(context.Background(), "a", "r", `1`); !errors.Is(err, ErrClosed) {
 		t.Errorf("after Close: %v", err)
@@ -56,6 +69,7 @@ func TestNoNodes(t *testing.T) {
 func FuzzEncodePayload(f *testing.F) {
 	f.Add([]byte(`{"a":1}`))
 	f.Add([]byte(" [1,\n2] "))
+	f.Add([]byte("\"a\xffb\""))
 	c := &Client{opt: Options{MaxPayload: 1 << 16}}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		out, err := c.encodePayload(b)
@@ -64,8 +78,8 @@ func FuzzEncodePayload(f *testing.F) {
 		}
 		// Accepted payloads are valid, compact JSON: no raw newline can
 		// break the node message framing.
-		if !json.Valid(out) {
-			t.Fatalf("accepted invalid JSON %q", out)
+		if !json.Valid(out) || !utf8.Valid(out) {
+			t.Fatalf("accepted invalid JSON or UTF-8 %q", out)
 		}
 		for _, ch := range out {
 			if ch == '\n' {

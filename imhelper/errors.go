@@ -19,6 +19,10 @@ var (
 	ErrPayloadTooLarge = wire.ErrTooBig
 	// ErrInvalidPayload: a payload that is not valid JSON.
 	ErrInvalidPayload = wire.ErrBadPayload
+	// ErrPayloadNotUTF8: a payload holding bytes that are not UTF-8 (JSON
+	// must be UTF-8; a node would drop such a frame). It is also an
+	// ErrInvalidPayload.
+	ErrPayloadNotUTF8 = wire.ErrPayloadNotUTF8
 	// ErrNoNodes: no imserver node has a live lease.
 	ErrNoNodes = errors.New("no live imserver node")
 	// ErrClosed: the Client was closed.

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
-	"github.com/redis/rueidis"
-
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -53,32 +51,19 @@ func (c *Client) EventBus(ctx context.Context, onOnline, onOffline func(Event)) 
 		}
 	}()
 	defer func() { close(queue); <-done }()
-	backoff := 50 * time.Millisecond
-	for {
-		dc, release := c.rc.Dedicate()
-		err := dc.Receive(ctx, dc.B().Subscribe().Channel(c.names.EventChannel()).Build(), func(m rueidis.PubSubMessage) {
-			e, err := wire.DecodeEvent([]byte(m.Message))
-			if err != nil {
-				c.log.Warn("imhelper: ignored malformed event", "err", err)
-				return
-			}
-			select {
-			case queue <- e:
-			case <-ctx.Done():
-			}
-		})
-		release()
-		if ctx.Err() != nil {
-			return ctx.Err()
+	return c.st.SubscribeEvents(ctx, func(payload []byte) {
+		e, err := wire.DecodeEvent(payload)
+		if err != nil {
+			c.log.Warn("imhelper: ignored malformed event", "err", err)
+			return
 		}
-		c.log.Warn("imhelper: event subscription lost; resubscribing", "err", err)
 		select {
+		case queue <- e:
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
+	}, func(err error) {
+		c.log.Warn("imhelper: event subscription lost; resubscribing", "err", err)
+	})
 }
 
 // ConsumeOptions tunes ConsumeEvents; zero values mean the defaults given.
@@ -125,26 +110,16 @@ func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, hand
 	if group == "" || consumer == "" {
 		return errors.New("imhelper: ConsumeEvents needs a group and a consumer name")
 	}
-	stream := c.names.EventStream()
-	start := "$"
-	if o.FromStart {
-		start = "0"
-	}
-	createGroup := func(start string) error {
-		err := c.rc.Do(ctx, c.rc.B().XgroupCreate().Key(stream).Group(group).Id(start).Mkstream().Build()).Error()
-		if err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
-			return fmt.Errorf("failed to create consumer group: %w", err)
-		}
-		return nil
-	}
-	if err := createGroup(start); err != nil {
-		return err
+	if err := c.st.CreateGroup(ctx, group, o.FromStart); err != nil {
+		return fmt.Errorf("failed to create consumer group: %w", err)
 	}
 	pause := func(d time.Duration) error {
+		t := time.NewTimer(d)
+		defer t.Stop()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(d):
+		case <-t.C:
 			return nil
 		}
 	}
@@ -154,30 +129,30 @@ func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, hand
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		var entries []rueidis.XRangeEntry
+		var entries []store.StreamEvent
 		var err error
 		switch {
 		case pendingFirst:
 			// Our own unacknowledged entries, from a previous run or a failed handler.
-			entries, err = c.readGroup(ctx, stream, group, consumer, "0", o.Count, 0)
+			entries, err = c.st.ReadGroup(ctx, group, consumer, "0", o.Count, 0)
 			if err == nil && len(entries) == 0 {
 				pendingFirst = false
 				continue
 			}
 		case time.Since(lastClaim) > o.ClaimIdle/2:
 			lastClaim = time.Now()
-			entries, err = c.claim(ctx, stream, group, consumer, o)
+			entries, err = c.st.Claim(ctx, group, consumer, o.ClaimIdle, o.Count)
 		default:
-			entries, err = c.readGroup(ctx, stream, group, consumer, ">", o.Count, o.Block)
+			entries, err = c.st.ReadGroup(ctx, group, consumer, ">", o.Count, o.Block)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if strings.Contains(err.Error(), "NOGROUP") {
+			if errors.Is(err, store.ErrNoGroup) {
 				// The stream was lost (e.g. Redis restarted empty): every entry
 				// in the new one is new to us, so read it from the start.
-				if err := createGroup("0"); err != nil {
+				if err := c.st.CreateGroup(ctx, group, true); err != nil {
 					c.log.Warn("imhelper: recreating consumer group failed", "err", err)
 				}
 			} else {
@@ -189,7 +164,7 @@ func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, hand
 			continue
 		}
 		for _, en := range entries {
-			e, derr := wire.DecodeEvent([]byte(en.FieldValues["e"]))
+			e, derr := wire.DecodeEvent(en.Payload)
 			if derr == nil {
 				if herr := handler(ctx, toEvent(e, en.ID)); herr != nil {
 					c.log.Warn("imhelper: event handler failed; will retry", "id", en.ID, "err", herr)
@@ -202,38 +177,9 @@ func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, hand
 			} else {
 				c.log.Warn("imhelper: dropping malformed event", "id", en.ID, "err", derr)
 			}
-			if err := c.rc.Do(ctx, c.rc.B().Xack().Key(stream).Group(group).Id(en.ID).Build()).Error(); err != nil && ctx.Err() == nil {
+			if err := c.st.Ack(ctx, group, en.ID); err != nil && ctx.Err() == nil {
 				c.log.Warn("imhelper: XACK failed", "id", en.ID, "err", err)
 			}
 		}
 	}
-}
-
-func (c *Client) readGroup(ctx context.Context, stream, group, consumer, id string, count int64, block time.Duration) ([]rueidis.XRangeEntry, error) {
-	b := c.rc.B().Xreadgroup().Group(group, consumer).Count(count)
-	var cmd rueidis.Completed
-	if block > 0 {
-		cmd = b.Block(block.Milliseconds()).Streams().Key(stream).Id(id).Build()
-	} else {
-		cmd = b.Streams().Key(stream).Id(id).Build()
-	}
-	res, err := c.rc.Do(ctx, cmd).AsXRead()
-	if rueidis.IsRedisNil(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return res[stream], nil
-}
-
-// claim takes over entries that other consumers of the group left pending
-// for longer than ClaimIdle.
-func (c *Client) claim(ctx context.Context, stream, group, consumer string, o ConsumeOptions) ([]rueidis.XRangeEntry, error) {
-	res, err := c.rc.Do(ctx, c.rc.B().Xautoclaim().Key(stream).Group(group).Consumer(consumer).
-		MinIdleTime(fmt.Sprint(o.ClaimIdle.Milliseconds())).Start("0").Count(o.Count).Build()).ToArray()
-	if err != nil || len(res) < 2 {
-		return nil, err
-	}
-	return res[1].AsXRange()
 }

@@ -5,21 +5,20 @@ import (
 	"fmt"
 	"iter"
 
-	"github.com/redis/rueidis"
-
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
 // HasOnline reports whether client id has at least one open socket (one
-// HEXISTS).
+// HEXISTS-sized lookup).
 func (c *Client) HasOnline(ctx context.Context, id string) (bool, error) {
-	if err := wire.ValidateClientID(id); err != nil {
+	on, err := c.HasOnlineMany(ctx, []string{id})
+	if err != nil {
 		return false, err
 	}
-	return c.rc.Do(ctx, c.rc.B().Hexists().Key(c.names.Online()).Field(id).Build()).AsBool()
+	return on[0], nil
 }
 
-// HasOnlineMany is the batch form of HasOnline: one HMGET for all ids.
+// HasOnlineMany is the batch form of HasOnline: one lookup for all ids.
 func (c *Client) HasOnlineMany(ctx context.Context, ids []string) ([]bool, error) {
 	if len(ids) == 0 {
 		return nil, nil
@@ -29,23 +28,15 @@ func (c *Client) HasOnlineMany(ctx context.Context, ids []string) ([]bool, error
 			return nil, err
 		}
 	}
-	vals, err := c.rc.Do(ctx, c.rc.B().Hmget().Key(c.names.Online()).Field(ids...).Build()).ToArray()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]bool, len(ids))
-	for i, v := range vals {
-		out[i] = !v.IsNil()
-	}
-	return out, nil
+	return c.st.AreOnline(ctx, ids)
 }
 
-// OnlineCount returns the number of online clients (HLEN).
+// OnlineCount returns the number of online clients.
 func (c *Client) OnlineCount(ctx context.Context) (int64, error) {
-	return c.rc.Do(ctx, c.rc.B().Hlen().Key(c.names.Online()).Build()).AsInt64()
+	return c.st.OnlineCount(ctx)
 }
 
-// OnlineClients iterates over every online clientId with HSCAN, so that a
+// OnlineClients iterates over every online clientId in pages, so that a
 // million online clients never make one giant reply. HSCAN's guarantee
 // holds: a client online for the whole iteration is yielded at least once
 // (rarely twice, during a rehash); one that comes or goes meanwhile may or
@@ -54,17 +45,17 @@ func (c *Client) OnlineClients(ctx context.Context) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
 		cursor := uint64(0)
 		for {
-			e, err := c.rc.Do(ctx, c.rc.B().Hscan().Key(c.names.Online()).Cursor(cursor).Count(1000).Build()).AsScanEntry()
+			ids, next, err := c.st.OnlineClients(ctx, cursor)
 			if err != nil {
 				yield("", err)
 				return
 			}
-			for i := 0; i < len(e.Elements); i += 2 { // field, value pairs
-				if !yield(e.Elements[i], nil) {
+			for _, id := range ids {
+				if !yield(id, nil) {
 					return
 				}
 			}
-			if cursor = e.Cursor; cursor == 0 {
+			if cursor = next; cursor == 0 {
 				return
 			}
 		}
@@ -80,7 +71,7 @@ func (c *Client) GetClientListByOnline(ctx context.Context) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, dup := seen[id]; !dup { // HSCAN may repeat an element during a rehash
+		if _, dup := seen[id]; !dup { // a scan may repeat an element during a rehash
 			seen[id] = struct{}{}
 			out = append(out, id)
 		}
@@ -100,24 +91,19 @@ func (c *Client) ForceOffline(ctx context.Context, id string) error {
 	if err := wire.ValidateClientID(id); err != nil {
 		return err
 	}
-	node, err := c.rc.Do(ctx, c.rc.B().Hget().Key(c.names.Online()).Field(id).Build()).ToString()
-	if err != nil && !rueidis.IsRedisNil(err) {
+	node, err := c.st.ClientNode(ctx, id)
+	if err != nil {
 		return fmt.Errorf("failed to look up client: %w", err)
 	}
-	msg := wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindKick, Client: id})
-	targets := map[string]struct{}{}
+	var targets []string
 	if node != "" {
-		targets[node] = struct{}{}
+		targets = append(targets, node)
 	}
-	if owner := c.Owner(id); owner != "" {
-		targets[owner] = struct{}{}
+	if owner := c.Owner(id); owner != "" && owner != node {
+		targets = append(targets, owner)
 	}
-	cmds := make(rueidis.Commands, 0, len(targets))
-	for n := range targets {
-		cmds = append(cmds, c.publish(c.names.NodeChannel(n), msg))
+	if len(targets) == 0 {
+		return nil
 	}
-	if err := firstErr(c.rc.DoMulti(ctx, cmds...)); err != nil {
-		return fmt.Errorf("failed to publish: %w", err)
-	}
-	return nil
+	return c.notify(ctx, wire.NodeMsg{Kind: wire.KindKick, Client: id}, targets...)
 }

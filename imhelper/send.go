@@ -1,7 +1,6 @@
 package imhelper
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,8 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/rueidis"
-
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -35,7 +33,7 @@ func (c *Client) PrevConnectServer(ctx context.Context, clientID, meta string) (
 	}
 	tok := wire.NewToken()
 	rec, _ := json.Marshal(wire.TokenRecord{Node: node, Client: clientID, Meta: meta, Issued: time.Now().UnixMilli()})
-	if err := c.rc.Do(ctx, c.rc.B().Set().Key(c.names.TokenKey(tok)).Value(rueidis.BinaryString(rec)).Px(c.opt.TokenTTL).Build()).Error(); err != nil {
+	if err := c.st.IssueToken(ctx, tok, rec, c.opt.TokenTTL); err != nil {
 		return "", fmt.Errorf("failed to store token: %w", err)
 	}
 	u := v.urls[node]
@@ -60,15 +58,33 @@ func WithReceipt() SendOption { return func(o *sendOptions) { o.receipt = true }
 // devices), with a "to" field listing the receivers, as FreeIM does.
 func WithEcho() SendOption { return func(o *sendOptions) { o.echo = true } }
 
+// message is what every send starts with: a checked payload, an id and a
+// time.
+type message struct {
+	id   string
+	ts   int64
+	data []byte
+}
+
+// newMessage is the prologue every Send* shares.
+func (c *Client) newMessage(payload any) (message, error) {
+	if err := c.check(); err != nil {
+		return message{}, err
+	}
+	data, err := c.encodePayload(payload)
+	if err != nil {
+		return message{}, err
+	}
+	now := time.Now()
+	return message{id: wire.NewID(now), ts: now.UnixMilli(), data: data}, nil
+}
+
 // SendMessage sends payload from one client to others. It costs one PUBLISH
 // per node that owns a receiver (or the sender, for receipts and echo),
 // whatever the number of receivers. It returns the message id, which
 // receipts carry. Delivery is at most once: a receiver with no socket at the
 // moment the node handles the message does not get it.
 func (c *Client) SendMessage(ctx context.Context, from string, to []string, payload any, opts ...SendOption) (string, error) {
-	if err := c.check(); err != nil {
-		return "", err
-	}
 	var o sendOptions
 	for _, fn := range opts {
 		fn(&o)
@@ -81,17 +97,16 @@ func (c *Client) SendMessage(ctx context.Context, from string, to []string, payl
 			return "", err
 		}
 	}
-	data, err := c.encodePayload(payload)
+	m, err := c.newMessage(payload)
 	if err != nil {
 		return "", err
 	}
-	nodes := c.nodes(ctx).ids
+	v := c.nodes(ctx)
+	nodes := v.ids
 	if len(nodes) == 0 {
 		return "", ErrNoNodes
 	}
-	now := time.Now()
-	id := wire.NewID(now)
-	frame := wire.MessageFrame(id, from, nil, now.UnixMilli(), data)
+	frame := wire.MessageFrame(m.id, from, nil, m.ts, m.data)
 
 	// Group receivers by owner (groups[i] for nodes[i]); the sender's owner
 	// gets the echo and the receipts' address.
@@ -117,79 +132,65 @@ func (c *Client) SendMessage(ctx context.Context, from string, to []string, payl
 	var echo []byte
 	if o.echo {
 		groups[wire.OwnerIndex(from, nodes)].Echo = from
-		echo = wire.MessageFrame(id, from, receivers, now.UnixMilli(), data)
+		echo = wire.MessageFrame(m.id, from, receivers, m.ts, m.data)
 	}
-	cmds := make(rueidis.Commands, 0, len(groups))
+	msgs := make([]store.NodeMessage, 0, len(groups))
 	for i := range groups {
 		g := &groups[i]
 		if len(g.To) == 0 && g.Echo == "" {
 			continue
 		}
-		g.Kind, g.ID = wire.KindSend, id
-		var msg []byte
+		g.Version, g.Kind, g.ID = v.proto, wire.KindSend, m.id
+		var b []byte
 		if g.Echo != "" {
-			msg = wire.EncodeNodeMsg(*g, frame, echo)
+			b = wire.EncodeNodeMsg(*g, frame, echo)
 		} else {
-			msg = wire.EncodeNodeMsg(*g, frame)
+			b = wire.EncodeNodeMsg(*g, frame)
 		}
-		cmds = append(cmds, c.publish(c.names.NodeChannel(nodes[i]), msg))
+		msgs = append(msgs, store.NodeMessage{Node: nodes[i], Msg: b})
 	}
-	if err := firstErr(c.rc.DoMulti(ctx, cmds...)); err != nil {
+	if err := c.st.PublishNodes(ctx, msgs...); err != nil {
 		return "", fmt.Errorf("failed to publish: %w", err)
 	}
-	return id, nil
+	return m.id, nil
 }
 
 // SendChanMessage sends payload to every online member of channel ch with
 // one PUBLISH; each node with members fans it out from one encoded frame.
 func (c *Client) SendChanMessage(ctx context.Context, from, ch string, payload any) (string, error) {
-	if err := c.check(); err != nil {
-		return "", err
-	}
 	if err := wire.ValidateClientID(from); err != nil {
 		return "", err
 	}
 	if err := wire.ValidateChannel(ch); err != nil {
 		return "", err
 	}
-	data, err := c.encodePayload(payload)
+	m, err := c.newMessage(payload)
 	if err != nil {
 		return "", err
 	}
-	now := time.Now()
-	id := wire.NewID(now)
-	f := wire.ChannelFrame(id, from, ch, now.UnixMilli(), data)
-	if err := c.rc.Do(ctx, c.publish(c.names.TopicChannel(ch), f)).Error(); err != nil {
+	if err := c.st.PublishChannel(ctx, ch, wire.ChannelFrame(m.id, from, ch, m.ts, m.data)); err != nil {
 		return "", fmt.Errorf("failed to publish: %w", err)
 	}
-	return id, nil
+	return m.id, nil
 }
 
 // SendBroadcastMessage sends payload to every online client on every node
 // with one PUBLISH.
 func (c *Client) SendBroadcastMessage(ctx context.Context, payload any) (string, error) {
-	if err := c.check(); err != nil {
-		return "", err
-	}
-	data, err := c.encodePayload(payload)
+	m, err := c.newMessage(payload)
 	if err != nil {
 		return "", err
 	}
-	now := time.Now()
-	id := wire.NewID(now)
-	f := wire.BroadcastFrame(id, now.UnixMilli(), data)
-	if err := c.rc.Do(ctx, c.publish(c.names.BroadcastChannel(), f)).Error(); err != nil {
+	if err := c.st.PublishBroadcast(ctx, wire.BroadcastFrame(m.id, m.ts, m.data)); err != nil {
 		return "", fmt.Errorf("failed to publish: %w", err)
 	}
-	return id, nil
-}
-
-func (c *Client) publish(channel string, msg []byte) rueidis.Completed {
-	return c.rc.B().Publish().Channel(channel).Message(rueidis.BinaryString(msg)).Build()
+	return m.id, nil
 }
 
 // encodePayload turns payload into compact JSON: []byte, json.RawMessage and
-// string are taken as JSON text and validated; anything else is marshalled.
+// string are taken as JSON text and validated (ErrInvalidPayload, or
+// ErrPayloadNotUTF8 for bytes that are not UTF-8); anything else is
+// marshalled.
 func (c *Client) encodePayload(payload any) ([]byte, error) {
 	var raw []byte
 	switch p := payload.(type) {
@@ -206,25 +207,5 @@ func (c *Client) encodePayload(payload any) ([]byte, error) {
 		}
 		raw = b
 	}
-	if len(raw) > c.opt.MaxPayload {
-		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrPayloadTooLarge, len(raw), c.opt.MaxPayload)
-	}
-	var buf bytes.Buffer
-	buf.Grow(len(raw))
-	if err := json.Compact(&buf, raw); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidPayload, err)
-	}
-	if buf.Len() == 0 {
-		return nil, fmt.Errorf("%w: empty", ErrInvalidPayload)
-	}
-	return buf.Bytes(), nil
-}
-
-func firstErr(rs []rueidis.RedisResult) error {
-	for _, r := range rs {
-		if err := r.Error(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return wire.CompactPayload(raw, c.opt.MaxPayload)
 }

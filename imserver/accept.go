@@ -12,6 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -84,7 +85,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusTooManyRequests, "client_limit", "too many connections for this client")
 		return
 	}
-	lw := &leanWriter{ResponseWriter: w}
+	lw := &leanWriter{ResponseWriter: w, newWriter: s.newSockWriter}
 	ws, err := websocket.Accept(lw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // Origin was checked above, with a JSON 403
 		CompressionMode:    websocket.CompressionDisabled,
@@ -98,8 +99,9 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	// A random phase spreads the pings of sockets that connected together
 	// (a reconnect wave) over the whole interval.
 	phase := time.Duration(rand.Int64N(int64(s.cfg.PingInterval)))
-	cn := &conn{srv: s, ws: ws, nc: lw.conn, lastPing: time.Now().Add(-phase)}
-	s.conns.Add(1)
+	cn := s.newConn(ws, lw.w)
+	cn.lastPing = time.Now().Add(-phase)
+	s.sockets.Add(1)
 	topics := s.attach(cn, rec)
 	attached = true
 	mu.Unlock()
@@ -110,12 +112,15 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	// The socket's life goes on in a fresh goroutine, so that this handler's
 	// goroutine, with the stack that HTTP parsing grew, and the request are
 	// freed.
-	go s.serveConn(cn)
+	if !s.startGoroutine(func() { s.serveConn(cn) }) {
+		cn.w.closeTCP()
+		s.serveConn(cn)
+	}
 }
 
 // serveConn reads the socket until it closes, then detaches it.
 func (s *Server) serveConn(cn *conn) {
-	defer s.conns.Done()
+	defer s.sockets.Done()
 	cn.readLoop()
 	_ = cn.ws.CloseNow() // no-op if a close handshake already finished
 	mu := s.stripe(cn.cl.id)
@@ -133,29 +138,27 @@ const (
 )
 
 func (s *Server) consumeToken(ctx context.Context, token string) (wire.TokenRecord, int) {
-	var rec wire.TokenRecord
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 	defer cancel()
-	res, err := s.consumeScript.Exec(ctx, s.rc, []string{s.names.TokenKey(token)}, []string{s.cfg.NodeID}).ToArray()
-	if err != nil || len(res) == 0 {
+	raw, st, err := s.st.ConsumeToken(ctx, token, s.cfg.NodeID)
+	if err != nil {
 		s.metrics.redisErrs.Inc()
 		s.log.Warn("token lookup failed", "err", err)
-		return rec, tokenRedisDown
+		return wire.TokenRecord{}, tokenRedisDown
 	}
-	code, _ := res[0].AsInt64()
-	switch code {
-	case 1:
-		v, _ := res[1].ToString()
-		rec, err := wire.DecodeTokenRecord([]byte(v))
+	switch st {
+	case store.TokenConsumed:
+		rec, err := wire.DecodeTokenRecord(raw)
 		if err != nil {
-			s.malformed(s.names.TokenKey(token), err)
+			s.metrics.malformed.Inc()
+			s.log.Warn("ignored a malformed token record", "err", err)
 			return rec, tokenMissing
 		}
 		return rec, tokenOK
-	case 2:
-		return rec, tokenForeign
+	case store.TokenForeign:
+		return wire.TokenRecord{}, tokenForeign
 	default:
-		return rec, tokenMissing
+		return wire.TokenRecord{}, tokenMissing
 	}
 }
 

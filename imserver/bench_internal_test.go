@@ -4,12 +4,13 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
 // Hub fan-out and queue benchmarks, run with:
 //
-//	go test ./imserver -run '^$' -bench 'Hub|Enqueue|HandleNode|FrameTS' -benchmem
+//	go test ./imserver -run '^$' -bench 'Hub|Enqueue|HandleNode|HandleChannel' -benchmem
 //
 // Sockets are stubs whose writer is marked as running, so the benchmarks
 // measure the hub walk and the enqueue (lock, bound check, append) without
@@ -18,13 +19,13 @@ import (
 var benchPayload = []byte(`{"k":1,"s":42,"t":1732340000123456789,"r":7,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
 
 func benchServer() *Server {
-	return &Server{cfg: Config{MaxQueueBytes: 1 << 40}, metrics: newMetrics(), hub: newHub(), names: wire.Names{Prefix: wire.DefaultPrefix}}
+	return &Server{cfg: Config{MaxQueueBytes: 1 << 40}, metrics: newMetrics(), hub: newHub()}
 }
 
 func benchConns(s *Server, n int, ch string) []*conn {
 	conns := make([]*conn, n)
 	for i := range conns {
-		cn := &conn{srv: s, writing: true}
+		cn := &conn{srv: s, w: &sockWriter{metrics: s.metrics, maxQueue: s.cfg.MaxQueueBytes, live: true, writing: true}}
 		c, _ := s.hub.add("client-"+strconv.Itoa(i), "", cn)
 		if ch != "" {
 			s.hub.join(c, []string{ch})
@@ -36,11 +37,12 @@ func benchConns(s *Server, n int, ch string) []*conn {
 
 func resetQueues(conns []*conn) {
 	for _, cn := range conns {
-		cn.mu.Lock()
-		clear(cn.queue)
-		cn.queue = cn.queue[:0]
-		cn.queued = 0
-		cn.mu.Unlock()
+		w := cn.w
+		w.mu.Lock()
+		clear(w.queue)
+		w.queue = w.queue[:0]
+		w.queued = 0
+		w.mu.Unlock()
 	}
 }
 
@@ -52,7 +54,7 @@ func BenchmarkHubSendTopic(b *testing.B) {
 			s := benchServer()
 			conns := benchConns(s, members, "bench")
 			f := wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, benchPayload)
-			of := outFrame{b: f, ts: frameTS(f)}
+			of := outFrame{b: f, ts: wire.FrameTS(f)}
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
@@ -76,11 +78,11 @@ func BenchmarkHandleChannelMsg(b *testing.B) {
 	s := benchServer()
 	conns := benchConns(s, 1000, "bench")
 	payload := string(wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, benchPayload))
-	topic := s.names.TopicChannel("bench")
+	m := store.Message{Kind: store.ToChannel, Channel: "bench", Payload: payload}
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		s.handle(topic, payload)
+		s.route(m)
 		if i++; i%64 == 0 {
 			b.StopTimer()
 			resetQueues(conns)
@@ -97,11 +99,11 @@ func BenchmarkHandleNodeMsgSend(b *testing.B) {
 	conns := benchConns(s, 1000, "")
 	f := wire.MessageFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", nil, 1732340000000, benchPayload)
 	msg := string(wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindSend, ID: "01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", To: []string{"client-7"}}, f))
-	ch := s.names.NodeChannel("n1")
+	m := store.Message{Kind: store.ToNode, Payload: msg}
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		s.handle(ch, msg)
+		s.route(m)
 		if i++; i%4096 == 0 {
 			b.StopTimer()
 			resetQueues(conns)
@@ -123,16 +125,6 @@ func BenchmarkConnEnqueue(b *testing.B) {
 			b.StopTimer()
 			resetQueues(conns)
 			b.StartTimer()
-		}
-	}
-}
-
-func BenchmarkFrameTS(b *testing.B) {
-	f := wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, benchPayload)
-	b.ReportAllocs()
-	for b.Loop() {
-		if frameTS(f) != 1732340000000 {
-			b.Fatal("bad ts")
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -102,7 +103,7 @@ func (c *Config) setDefaults() error {
 		c.RedisURL = "redis://127.0.0.1:6379/0"
 	}
 	if c.Prefix == "" {
-		c.Prefix = wire.DefaultPrefix
+		c.Prefix = store.DefaultPrefix
 	}
 	setDur(&c.LeaseTTL, 10*time.Second)
 	setDur(&c.PingInterval, 25*time.Second)

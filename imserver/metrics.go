@@ -1,8 +1,6 @@
 package imserver
 
 import (
-	"bytes"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,21 +9,23 @@ import (
 
 // metrics are the node's Prometheus series; docs/operations.md lists them.
 type metrics struct {
-	reg        *prometheus.Registry
-	conns      prometheus.Gauge
-	clients    prometheus.Gauge
-	connects   prometheus.Counter
-	refusals   *prometheus.CounterVec
-	closes     *prometheus.CounterVec
-	messagesIn *prometheus.CounterVec
-	delivered  prometheus.Counter
-	dropped    prometheus.Counter
-	slowCloses prometheus.Counter
-	malformed  prometheus.Counter
-	overflow   prometheus.Counter
-	reconnects prometheus.Counter
-	redisErrs  prometheus.Counter
-	latency    prometheus.Histogram
+	reg            *prometheus.Registry
+	conns          prometheus.Gauge
+	clients        prometheus.Gauge
+	connects       prometheus.Counter
+	refusals       *prometheus.CounterVec
+	closes         *prometheus.CounterVec
+	messagesIn     *prometheus.CounterVec
+	delivered      prometheus.Counter
+	dropped        prometheus.Counter
+	slowCloses     prometheus.Counter
+	malformed      prometheus.Counter
+	overflow       prometheus.Counter
+	unknownVersion prometheus.Counter
+	outboxDropped  prometheus.Counter
+	reconnects     prometheus.Counter
+	redisErrs      prometheus.Counter
+	latency        prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -41,6 +41,8 @@ func newMetrics() *metrics {
 	m.slowCloses = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_slow_consumer_closes_total", Help: "Sockets closed as slow consumers."})
 	m.malformed = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_malformed_messages_total", Help: "Malformed messages received from Redis and ignored."})
 	m.overflow = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_pubsub_overflow_total", Help: "Messages from Redis dropped because the node could not keep up."})
+	m.unknownVersion = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_unknown_version_messages_total", Help: "Node messages of a newer format version than this node reads, ignored."})
+	m.outboxDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_outbox_dropped_total", Help: "Receipts for senders on other nodes dropped because the node's outbox was full."})
 	m.reconnects = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_redis_reconnects_total", Help: "Re-established Redis pub/sub subscriptions."})
 	m.redisErrs = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_redis_errors_total", Help: "Failed Redis commands."})
 	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -50,7 +52,7 @@ func newMetrics() *metrics {
 	})
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(m.conns, m.clients, m.connects, m.refusals, m.closes, m.messagesIn,
-		m.delivered, m.dropped, m.slowCloses, m.malformed, m.overflow, m.reconnects, m.redisErrs, m.latency)
+		m.delivered, m.dropped, m.slowCloses, m.malformed, m.overflow, m.unknownVersion, m.outboxDropped, m.reconnects, m.redisErrs, m.latency)
 	return m
 }
 
@@ -63,22 +65,4 @@ func (m *metrics) observeDelivery(ts int64) {
 		}
 		m.latency.Observe(float64(d) / 1000)
 	}
-}
-
-var tsField = []byte(`,"ts":`)
-
-// frameTS extracts the publish time from a frame. Strings before "ts" are
-// JSON-escaped, so the first `,"ts":` is the field itself.
-func frameTS(f []byte) int64 {
-	i := bytes.Index(f, tsField)
-	if i < 0 {
-		return 0
-	}
-	f = f[i+len(tsField):]
-	j := 0
-	for j < len(f) && f[j] >= '0' && f[j] <= '9' {
-		j++
-	}
-	n, _ := strconv.ParseInt(string(f[:j]), 10, 64)
-	return n
 }

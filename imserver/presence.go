@@ -2,14 +2,9 @@ package imserver
 
 import (
 	"context"
-	"errors"
-	"math/rand/v2"
-	"strconv"
 	"time"
 
-	"github.com/coder/websocket"
-	"github.com/redis/rueidis"
-
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -37,7 +32,7 @@ func (s *Server) attach(cn *conn, rec wire.TokenRecord) (topics []string) {
 	_, chans, err := s.markOnline(c)
 	if err != nil {
 		s.log.Warn("failed to mark client online; will resync", "client", c.id, "err", err)
-		s.sub.markDirty()
+		s.markDirty()
 		return nil
 	}
 	return s.hub.join(c, chans)
@@ -57,68 +52,58 @@ func (s *Server) detach(cn *conn, reason string) (topics []string) {
 		return nil
 	}
 	s.metrics.clients.Dec()
-	if _, err := s.markOffline(cn.cl.id, cn.cl.meta, s.cfg.NodeID, reason, false); err != nil {
+	if _, err := s.markOffline(cn.cl.id, cn.cl.meta, s.cfg.NodeID, reason, chans, false); err != nil {
 		s.log.Warn("failed to mark client offline; will resync", "client", cn.cl.id, "err", err)
-		s.sub.markDirty()
+		s.markDirty()
 	}
 	return chans
 }
 
-func (s *Server) event(typ, id, meta, node, reason string, conns int) string {
-	return string(wire.Event{Type: typ, Client: id, Node: node, Meta: meta, Conns: conns,
-		TS: time.Now().UnixMilli(), Reason: reason}.Encode())
+func (s *Server) event(typ, id, meta, node, reason string, conns int) wire.Event {
+	return wire.Event{Type: typ, Client: id, Node: node, Meta: meta, Conns: conns,
+		TS: time.Now().UnixMilli(), Reason: reason}
 }
 
-// markOnline runs the online script: existed reports whether Redis already
-// had the client online, chans are its channels in Redis.
+// markOnline records the client online: existed reports whether Redis
+// already had it online, chans are its channels in Redis.
 func (s *Server) markOnline(c *client) (existed bool, chans []string, err error) {
 	ctx, cancel := s.redisCtx()
 	defer cancel()
-	n := s.names
-	res, err := s.onlineScript.Exec(ctx, s.rc,
-		[]string{n.Online(), n.NodeClients(s.cfg.NodeID), n.ClientChans(c.id), n.EventStream()},
-		[]string{c.id, s.cfg.NodeID, s.event(wire.EventOnline, c.id, c.meta, s.cfg.NodeID, "", 1),
-			n.EventChannel(), strconv.Itoa(s.cfg.EventStreamMaxLen)},
-	).ToArray()
-	if err != nil || len(res) == 0 {
-		s.metrics.redisErrs.Inc()
-		return false, nil, errors.Join(err, errors.New("empty reply from online script"))
-	}
-	flag, _ := res[0].AsInt64()
-	for _, v := range res[1:] {
-		if ch, err := v.ToString(); err == nil {
-			chans = append(chans, ch)
-		}
-	}
-	return flag == 1, chans, nil
-}
-
-// errNodeBack reports a reap refused because the node holds a lease again.
-var errNodeBack = errors.New("node is back")
-
-// markOffline runs the offline script for a client of node (this node, or a
-// dead one being reaped).
-func (s *Server) markOffline(id, meta, node, reason string, reaping bool) (wentOffline bool, err error) {
-	ctx, cancel := s.redisCtx()
-	defer cancel()
-	n := s.names
-	flag := "0"
-	if reaping {
-		flag = "1"
-	}
-	res, err := s.offlineScript.Exec(ctx, s.rc,
-		[]string{n.Online(), n.NodeClients(node), n.ClientChans(id), n.EventStream(), n.Chans(), n.NodeKey(node), n.NodeSet()},
-		[]string{id, node, s.event(wire.EventOffline, id, meta, node, reason, 0),
-			n.EventChannel(), strconv.Itoa(s.cfg.EventStreamMaxLen), n.ChanMembers(""), flag, n.NodeClients("")},
-	).AsInt64()
+	existed, chans, err = s.st.MarkOnline(ctx, c.id, s.cfg.NodeID, s.event(wire.EventOnline, c.id, c.meta, s.cfg.NodeID, "", 1))
 	if err != nil {
 		s.metrics.redisErrs.Inc()
-		return false, err
 	}
-	if res < 0 {
-		return false, errNodeBack
+	return existed, chans, err
+}
+
+// markOffline records that a client of node (this node, or a dead one
+// being reaped) has no socket left there; joined is what we believe its
+// channels are.
+func (s *Server) markOffline(id, meta, node, reason string, joined []string, reaping bool) (store.OfflineResult, error) {
+	ctx, cancel := s.redisCtx()
+	defer cancel()
+	res, err := s.st.MarkOffline(ctx, store.OfflineRequest{
+		Client: id, Node: node, Joined: joined, Reaping: reaping,
+		Offline: s.event(wire.EventOffline, id, meta, node, reason, 0),
+	})
+	if err != nil {
+		s.metrics.redisErrs.Inc()
 	}
-	return res == 1, nil
+	return res, err
+}
+
+func (s *Server) markDirty() { s.presenceDirty.Store(true) }
+
+// resyncIfDirty rewrites presence if a write failed or Redis may have lost
+// it; on failure it stays dirty and the next call retries.
+func (s *Server) resyncIfDirty(ctx context.Context) {
+	if !s.sub.connected.Load() || !s.presenceDirty.Swap(false) {
+		return
+	}
+	if err := s.resync(ctx); err != nil {
+		s.log.Warn("presence resync failed; will retry", "err", err)
+		s.markDirty()
+	}
 }
 
 // resync makes Redis agree with this node after Redis came back (it may have
@@ -128,7 +113,6 @@ func (s *Server) markOffline(id, meta, node, reason string, reaping bool) (wentO
 // lost is re-announced with an online event and its channels are written
 // back from memory.
 func (s *Server) resync(ctx context.Context) error {
-	n := s.names
 	var topics []string
 	defer func() { s.sub.syncTopics(topics) }()
 	for _, c := range s.hub.clientList() {
@@ -165,19 +149,9 @@ func (s *Server) resync(ctx context.Context) error {
 				return nil
 			}
 			topics = append(topics, s.hub.join(c, inRedis)...)
-			cmds := make(rueidis.Commands, 0, 3*len(local))
-			for _, ch := range local {
-				cmds = append(cmds,
-					s.rc.B().Sadd().Key(n.ChanMembers(ch)).Member(c.id).Build(),
-					s.rc.B().Sadd().Key(n.ClientChans(c.id)).Member(ch).Build(),
-					s.rc.B().Sadd().Key(n.Chans()).Member(ch).Build())
-			}
-			for _, r := range s.rc.DoMulti(ctx, cmds...) {
-				if err := r.Error(); err != nil {
-					return err
-				}
-			}
-			return nil
+			cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+			defer cancel()
+			return s.st.RestoreMembership(cctx, c.id, local)
 		}()
 		mu.Unlock()
 		if err != nil {
@@ -185,22 +159,28 @@ func (s *Server) resync(ctx context.Context) error {
 		}
 	}
 	// Sockets that closed while Redis was unreachable left entries behind.
-	ids, err := s.rc.Do(ctx, s.rc.B().Smembers().Key(n.NodeClients(s.cfg.NodeID)).Build()).AsStrSlice()
-	if err != nil {
-		return err
-	}
-	for _, id := range ids {
-		mu := s.stripe(id)
-		mu.Lock()
-		if s.hub.get(id) == nil {
-			_, err = s.markOffline(id, "", s.cfg.NodeID, wire.ReasonClosed, false)
-		}
-		mu.Unlock()
+	for cursor := uint64(0); ; {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+		ids, next, err := s.st.NodeClients(cctx, s.cfg.NodeID, cursor)
+		cancel()
 		if err != nil {
 			return err
 		}
+		for _, id := range ids {
+			mu := s.stripe(id)
+			mu.Lock()
+			if s.hub.get(id) == nil {
+				_, err = s.markOffline(id, "", s.cfg.NodeID, wire.ReasonClosed, nil, false)
+			}
+			mu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return nil
+		}
 	}
-	return nil
 }
 
 // applyJoin and applyLeave mirror a JoinChan/LeaveChan that imhelper already
@@ -217,7 +197,7 @@ func (s *Server) applyJoin(id string, chans []string) {
 	}
 	mu.Unlock()
 	if len(added) > 0 {
-		go s.sub.syncTopics(added)
+		s.startGoroutine(func() { s.sub.syncTopics(added) })
 	}
 }
 
@@ -230,27 +210,6 @@ func (s *Server) applyLeave(id string, chans []string) {
 	}
 	mu.Unlock()
 	if len(emptied) > 0 {
-		go s.sub.syncTopics(emptied)
+		s.startGoroutine(func() { s.sub.syncTopics(emptied) })
 	}
-}
-
-// closeClient closes every socket of a local client with code.
-func (s *Server) closeClient(id string, code int, msg, reason string) {
-	if c := s.hub.get(id); c != nil {
-		for _, cn := range c.connList() {
-			cn.close(websocket.StatusCode(code), msg, reason)
-		}
-	}
-}
-
-// moveLater closes client id with the moved code at a random moment within
-// MoveWindow after minDelay, if by then it is still owned by another node.
-func (s *Server) moveLater(id string, minDelay time.Duration) {
-	delay := minDelay + time.Duration(rand.Int64N(int64(s.cfg.MoveWindow)))
-	time.AfterFunc(delay, func() {
-		if s.draining.Load() || wire.Owner(id, s.liveNodes()) == s.cfg.NodeID {
-			return
-		}
-		s.closeClient(id, wire.CloseMoved, "moved to another node", wire.ReasonMoved)
-	})
 }

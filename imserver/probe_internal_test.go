@@ -75,9 +75,9 @@ func startTestNode(t *testing.T, cfg Config) *Server {
 func TestProbeRepairsSilentSubscription(t *testing.T) {
 	s := startTestNode(t, Config{ProbeInterval: 100 * time.Millisecond})
 	s.sub.mu.Lock()
-	dc := s.sub.dc
+	cur := s.sub.cur.(interface{ DropNodeChannel(context.Context) error })
 	s.sub.mu.Unlock()
-	if err := dc.Do(context.Background(), dc.B().Unsubscribe().Channel(s.names.NodeChannel(s.cfg.NodeID)).Build()).Error(); err != nil {
+	if err := cur.DropNodeChannel(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 3*time.Second, func() error {

@@ -18,23 +18,31 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/rueidis"
 
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
 // Server is one imserver node: it holds WebSocket connections, subscribes to
 // its own Redis channel and pushes what arrives to local sockets.
+//
+// Its parts, one file each: accept.go (the handshake), conn.go and
+// writer.go (one socket), hub.go (local clients and channels), routing.go
+// (what arrives from Redis, receipts, moves), presence.go (online,
+// offline, joins, resync), registry.go (the lease and the registry loop,
+// reaping), heartbeat.go (the ping loop), subscriber.go (the pub/sub
+// connection and its workers), probe.go (the probe loop), outbox.go (what
+// the node publishes itself), ratelimit.go (the connect-rate limiter).
+// Every Redis command is in internal/store.
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	rc      rueidis.Client
-	ownsRC  bool
-	names   wire.Names
+	rc      rueidis.Client // nil unless the node dialled it
+	st      store.Node
 	hub     *hub
 	metrics *metrics
 	sub     *subscriber
+	outbox  *outbox
 	limiter *rateLimiter
-
-	consumeScript, onlineScript, offlineScript, reapDoneScript *rueidis.Lua
 
 	// stripes serialise the presence and membership changes of one clientId
 	// (attach, detach, join, leave) so that their Redis writes keep order.
@@ -49,14 +57,21 @@ type Server struct {
 	draining       atomic.Bool
 	registered     atomic.Bool
 	everRegistered atomic.Bool // a registration succeeded once
+	presenceDirty  atomic.Bool // presence in Redis needs a resync
 
 	regMu        sync.Mutex // serialises lease writes with the final unregister
 	unregistered bool       // guarded by regMu
 
 	ctx    context.Context // cancelled when the node stops
 	cancel context.CancelFunc
-	loops  sync.WaitGroup // background goroutines
-	conns  sync.WaitGroup // connection handlers
+
+	// Every goroutine the server starts is tracked (startGoroutine), so
+	// that Shutdown returns only once none of them can touch Redis or a
+	// socket any more.
+	grMu      sync.Mutex
+	grStopped bool // guarded by grMu
+	grWG      sync.WaitGroup
+	sockets   sync.WaitGroup // attached sockets, for the drain
 
 	ln       net.Listener
 	httpSrv  *http.Server
@@ -74,35 +89,28 @@ func New(cfg Config, redis rueidis.Client, logger *slog.Logger) (*Server, error)
 	if logger == nil {
 		logger = slog.Default()
 	}
-	s := &Server{
-		cfg:            cfg,
-		log:            logger,
-		rc:             redis,
-		names:          wire.Names{Prefix: cfg.Prefix},
-		started:        time.Now().UnixMilli(),
-		hub:            newHub(),
-		metrics:        newMetrics(),
-		limiter:        newRateLimiter(cfg.ConnectRate),
-		stripeSeed:     maphash.MakeSeed(),
-		consumeScript:  rueidis.NewLuaScript(wire.ScriptConsumeToken),
-		onlineScript:   rueidis.NewLuaScript(wire.ScriptOnline),
-		offlineScript:  rueidis.NewLuaScript(wire.ScriptOffline),
-		reapDoneScript: rueidis.NewLuaScript(wire.ScriptReapDone),
+	rc := redis
+	var owned rueidis.Client
+	if rc == nil {
+		var err error
+		if rc, err = store.Dial(cfg.RedisURL); err != nil {
+			return nil, err
+		}
+		owned = rc
 	}
-	if s.rc == nil {
-		opt, err := rueidis.ParseURL(cfg.RedisURL)
-		if err != nil {
-			return nil, fmt.Errorf("failed to parse redis url: %w", err)
-		}
-		opt.DisableCache = true
-		s.rc, err = rueidis.NewClient(opt)
-		if err != nil {
-			return nil, fmt.Errorf("failed to connect to redis: %w", err)
-		}
-		s.ownsRC = true
+	s := &Server{
+		cfg:        cfg,
+		log:        logger,
+		rc:         owned,
+		st:         store.NewRedis(rc, store.Options{Prefix: cfg.Prefix, EventStreamMaxLen: cfg.EventStreamMaxLen}),
+		started:    time.Now().UnixMilli(),
+		hub:        newHub(),
+		metrics:    newMetrics(),
+		limiter:    newRateLimiter(cfg.ConnectRate),
+		stripeSeed: maphash.MakeSeed(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.sub = newSubscriber(s)
+	s.outbox = newOutbox(s.st, s.metrics, s.log, cfg.RedisTimeout)
 	return s, nil
 }
 
@@ -135,6 +143,7 @@ func (s *Server) Start() error {
 		s.cfg.NodeID = hn + "-" + port
 	}
 	s.nodes = []string{s.cfg.NodeID}
+	s.sub = s.newSubscriber()
 
 	// A previous run of this node id may have crashed and left presence
 	// behind; clean it before taking new clients.
@@ -152,7 +161,8 @@ func (s *Server) Start() error {
 			return fmt.Errorf("failed to listen on admin address: %w", err)
 		}
 		s.adminSrv = &http.Server{Handler: amux, ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = s.adminSrv.Serve(s.adminLn) }()
+		adminSrv, adminLn := s.adminSrv, s.adminLn
+		s.startGoroutine(func() { _ = adminSrv.Serve(adminLn) })
 	}
 	s.httpSrv = &http.Server{
 		Handler:           mux,
@@ -171,21 +181,45 @@ func (s *Server) Start() error {
 
 	// The subscriber registers the node once it is subscribed, so imhelper
 	// never routes to a node that cannot receive yet.
-	s.goLoop(s.sub.run)
-	s.goLoop(s.registryLoop)
-	s.goLoop(s.pingLoop)
-	s.goLoop(s.probeLoop)
-	go func() { _ = s.httpSrv.Serve(ln) }()
+	s.startLoop(s.sub.run)
+	s.startLoop(s.outbox.run)
+	s.startLoop(s.registryLoop)
+	s.startLoop(s.pingLoop)
+	s.startLoop(s.probeLoop)
+	httpSrv := s.httpSrv
+	s.startGoroutine(func() { _ = httpSrv.Serve(ln) })
 	s.log.Info("imserver started", "node", s.cfg.NodeID, "listen", s.ln.Addr().String(), "public_url", s.cfg.PublicURL)
 	return nil
 }
 
-func (s *Server) goLoop(fn func(ctx context.Context)) {
-	s.loops.Add(1)
+// startGoroutine runs fn in a goroutine that Shutdown waits for, and
+// reports false (without running fn) once the server has stopped.
+func (s *Server) startGoroutine(fn func()) bool {
+	s.grMu.Lock()
+	if s.grStopped {
+		s.grMu.Unlock()
+		return false
+	}
+	s.grWG.Add(1)
+	s.grMu.Unlock()
 	go func() {
-		defer s.loops.Done()
-		fn(s.ctx)
+		defer s.grWG.Done()
+		fn()
 	}()
+	return true
+}
+
+// startLoop runs a background loop until the node stops.
+func (s *Server) startLoop(fn func(ctx context.Context)) {
+	s.startGoroutine(func() { fn(s.ctx) })
+}
+
+// stopGoroutines refuses new goroutines and waits for the running ones.
+func (s *Server) stopGoroutines() {
+	s.grMu.Lock()
+	s.grStopped = true
+	s.grMu.Unlock()
+	s.grWG.Wait()
 }
 
 // WaitReady blocks until Ready or ctx ends. After Start, a node registers
@@ -230,6 +264,10 @@ func (s *Server) Ready() bool {
 // Connections returns the number of open sockets.
 func (s *Server) Connections() int { return int(s.connCount.Load()) }
 
+// Nodes returns this node's current view of the live nodes (including
+// itself), sorted.
+func (s *Server) Nodes() []string { return append([]string(nil), s.liveNodes()...) }
+
 func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, `{"status":"ok"}`)
@@ -244,13 +282,14 @@ func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 }
 
-// Shutdown drains the node (SPEC §8): it marks itself draining in the
-// registry (imhelper stops routing to it; its lease is kept so nobody reaps
-// it meanwhile), stops accepting, closes every socket with 1001 spread over
+// Shutdown drains the node: it marks itself draining in the registry
+// (imhelper stops routing to it; its lease is kept so nobody reaps it
+// meanwhile), stops accepting, closes every socket with 1001 spread over
 // DrainWindow, cleans presence (emitting offline events), leaves the
 // registry and stops. ctx bounds the whole drain: when it ends, the
 // remaining sockets are dropped and, if some presence could not be cleaned,
-// the node's lease is left to lapse so that a survivor reaps it.
+// the node's lease is left to lapse so that a survivor reaps it. It returns
+// once every goroutine the node started has ended.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.draining.CompareAndSwap(false, true) {
 		return errors.New("imserver: already shut down")
@@ -259,7 +298,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.register(ctx) // now with the draining mark
 	if s.httpSrv != nil {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		_ = s.httpSrv.Shutdown(sctx)
+		if s.httpSrv.Shutdown(sctx) != nil {
+			_ = s.httpSrv.Close()
+		}
 		cancel()
 	}
 	var all []*conn
@@ -270,17 +311,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	var timers []*time.Timer
 	for i, cn := range all {
-		cn := cn
 		delay := time.Duration(0)
 		if len(all) > 1 {
 			delay = window * time.Duration(i) / time.Duration(len(all))
 		}
+		// The callback only starts the close (a tracked goroutine).
 		timers = append(timers, time.AfterFunc(delay, func() {
-			cn.close(1001, "node draining", wire.ReasonDrain)
+			cn.close(wire.CloseGoingAway, "node draining", wire.ReasonDrain)
 		}))
 	}
 	done := make(chan struct{})
-	go func() { s.conns.Wait(); close(done) }()
+	s.startGoroutine(func() { s.sockets.Wait(); close(done) })
 	var err error
 	select {
 	case <-done:
@@ -294,17 +335,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			t.Stop()
 		}
 		for _, cn := range all {
-			cn.closeTCP() // CloseNow does nothing once a close handshake began
+			cn.w.closeTCP() // CloseNow does nothing once a close handshake began
 		}
 		<-done
 	}
-	s.unregister(err == nil && !s.sub.dirty.Load())
+	s.unregister(err == nil && !s.presenceDirty.Load())
 	if s.adminSrv != nil {
 		_ = s.adminSrv.Close()
 	}
 	s.cancel()
-	s.loops.Wait()
-	if s.ownsRC {
+	s.stopGoroutines()
+	if s.rc != nil {
 		s.rc.Close()
 	}
 	s.log.Info("stopped", "node", s.cfg.NodeID)
@@ -326,44 +367,9 @@ func (s *Server) liveNodes() []string {
 	return s.nodes
 }
 
-// rateLimiter is a token bucket refilled continuously; nil allows everything.
-type rateLimiter struct {
-	mu     sync.Mutex
-	rate   float64
-	tokens float64
-	last   time.Time
-}
-
-func newRateLimiter(perSec int) *rateLimiter {
-	if perSec <= 0 {
-		return nil
-	}
-	return &rateLimiter{rate: float64(perSec), tokens: float64(perSec), last: time.Now()}
-}
-
-func (l *rateLimiter) allow() bool {
-	if l == nil {
-		return true
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	l.tokens = min(l.rate, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	l.last = now
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
-}
-
 func writeJSON(w http.ResponseWriter, status int, body string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(body + "\n"))
 }
-
-// Nodes returns this node's current view of the live nodes (including
-// itself), sorted.
-func (s *Server) Nodes() []string { return append([]string(nil), s.liveNodes()...) }

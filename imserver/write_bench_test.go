@@ -15,57 +15,85 @@ import (
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
-// BenchmarkConnWrite measures the socket write path (enqueue, writer
-// goroutine, coder/websocket write) over a real loopback WebSocket; the peer
-// reads and discards. Run with:
+// BenchmarkConnWrite measures a socket's write path over a real loopback
+// WebSocket whose peer reads and discards, for the two ways of owning the
+// write side (docs/architecture.md, "One writer per socket"):
+//
+//   - own: the node's sockWriter frames data itself and sends everything
+//     queued with one write(2);
+//   - library: every frame through coder/websocket's Write on the plain
+//     hijacked connection (what handing all writes to the library costs).
+//
+// Run with:
 //
 //	go test ./imserver -run '^$' -bench ConnWrite -benchmem
 func BenchmarkConnWrite(b *testing.B) {
-	s := &Server{cfg: Config{MaxQueueBytes: 64 << 20, WriteTimeout: 10 * time.Second}, metrics: newMetrics(), hub: newHub()}
-	got := make(chan *conn, 1)
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		lw := &leanWriter{ResponseWriter: w}
-		ws, err := websocket.Accept(lw, r, nil)
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		got <- &conn{srv: s, ws: ws, nc: lw.conn}
-	}))
-	defer hs.Close()
-	ctx := context.Background()
-	peer, _, err := websocket.Dial(ctx, strings.Replace(hs.URL, "http", "ws", 1), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer peer.CloseNow()
-	var read atomic.Int64
-	go func() {
-		for {
-			if _, _, err := peer.Read(ctx); err != nil {
-				return
-			}
-			read.Add(1)
-		}
-	}()
-	cn := <-got
 	f := wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, []byte(`{"text":"a 100-byte-ish payload for the benchmark, like the targets in issue five use"}`))
-	of := outFrame{b: f}
-	b.ReportAllocs()
-	b.ResetTimer()
-	n := int64(0)
-	for b.Loop() {
-		for !cn.enqueue(of) {
-			b.Fatal("socket closed")
-		}
-		n++
-		// Keep the queue short, as a reader keeping up would.
-		for n-read.Load() > 256 {
-			time.Sleep(10 * time.Microsecond)
-		}
-	}
-	for read.Load() < n {
-		time.Sleep(100 * time.Microsecond)
+	s := &Server{cfg: Config{MaxQueueBytes: 64 << 20, WriteTimeout: 10 * time.Second}, metrics: newMetrics(), hub: newHub()}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	defer s.stopGoroutines()
+	defer s.cancel()
+	for _, mode := range []string{"own", "library"} {
+		b.Run(mode, func(b *testing.B) {
+			got := make(chan *conn, 1)
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if mode == "library" {
+					ws, err := websocket.Accept(w, r, nil)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					got <- &conn{srv: s, ws: ws}
+					return
+				}
+				lw := &leanWriter{ResponseWriter: w, newWriter: s.newSockWriter}
+				ws, err := websocket.Accept(lw, r, nil)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				got <- s.newConn(ws, lw.w)
+			}))
+			defer hs.Close()
+			ctx := context.Background()
+			peer, _, err := websocket.Dial(ctx, strings.Replace(hs.URL, "http", "ws", 1), nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer peer.CloseNow()
+			var read atomic.Int64
+			go func() {
+				for {
+					if _, _, err := peer.Read(ctx); err != nil {
+						return
+					}
+					read.Add(1)
+				}
+			}()
+			cn := <-got
+			defer cn.ws.CloseNow()
+			of := outFrame{b: f}
+			b.ReportAllocs()
+			b.ResetTimer()
+			n := int64(0)
+			for b.Loop() {
+				if mode == "library" {
+					if err := cn.ws.Write(ctx, websocket.MessageText, f); err != nil {
+						b.Fatal(err)
+					}
+				} else if !cn.enqueue(of) {
+					b.Fatal("socket closed")
+				}
+				n++
+				// Keep the queue short, as a reader keeping up would.
+				for n-read.Load() > 256 {
+					time.Sleep(10 * time.Microsecond)
+				}
+			}
+			for read.Load() < n {
+				time.Sleep(100 * time.Microsecond)
+			}
+		})
 	}
 }
 
@@ -76,7 +104,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 	s := &Server{cfg: Config{PingInterval: time.Hour, WriteTimeout: time.Second}, metrics: newMetrics(), hub: newHub()}
 	now := time.Now()
 	for i := 0; i < 15000; i++ {
-		s.hub.add("c"+strconv.Itoa(i), "", &conn{srv: s, lastPing: now})
+		s.hub.add("c"+strconv.Itoa(i), "", &conn{srv: s, lastPing: now, w: &sockWriter{}})
 	}
 	b.ReportAllocs()
 	for b.Loop() {

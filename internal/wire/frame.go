@@ -1,12 +1,13 @@
 package wire
 
 import (
+	"bytes"
 	"strconv"
 	"unicode/utf8"
 )
 
-// Frame types a browser receives (SPEC §4). Every frame is one JSON object
-// sent as one WebSocket text message.
+// Frame types a browser receives (docs/protocol.md, "Frames"). Every frame
+// is one JSON object sent as one WebSocket text message.
 const (
 	TypeMessage   = "message"
 	TypeChannel   = "channel"
@@ -133,4 +134,23 @@ func AppendString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+var tsField = []byte(`,"ts":`)
+
+// FrameTS extracts the publish time (unix ms) from a frame this package
+// encoded, or 0. Strings before "ts" are JSON-escaped, so the first
+// `,"ts":` is the field itself.
+func FrameTS(f []byte) int64 {
+	i := bytes.Index(f, tsField)
+	if i < 0 {
+		return 0
+	}
+	f = f[i+len(tsField):]
+	j := 0
+	for j < len(f) && f[j] >= '0' && f[j] <= '9' {
+		j++
+	}
+	n, _ := strconv.ParseInt(string(f[:j]), 10, 64)
+	return n
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -18,13 +20,24 @@ const (
 	KindProbe   = "probe"   // liveness probe a node sends to itself
 )
 
+// NodeMsgVersion is the version of the node message format this release
+// writes and the highest it reads. A header without "v" is version 1 (the
+// releases before the field existed wrote the same format). A node drops a
+// message of a higher version and counts it, since it cannot know what a
+// newer field means; imhelper writes the lowest version that every live
+// node announces in its registry entry (NodeInfo.Proto), so that during a
+// rolling upgrade old nodes keep receiving what they understand.
+const NodeMsgVersion = 1
+
 // NodeMsg is the header of a message on a node channel. On the wire a node
 // message is the header as one line of JSON, then each frame on its own line:
 //
-//	{"k":"send","to":["bob"],"id":"…"}\n{"type":"message",…}
+//	{"v":1,"k":"send","to":["bob"],"id":"…"}\n{"type":"message",…}
 //
 // Frames are compact JSON and so never contain a raw newline.
 type NodeMsg struct {
+	// Version of the format; EncodeNodeMsg writes NodeMsgVersion when 0.
+	Version int      `json:"v,omitempty"`
 	Kind    string   `json:"k"`
 	To      []string `json:"to,omitempty"`
 	Echo    string   `json:"echo,omitempty"`
@@ -38,6 +51,10 @@ type NodeMsg struct {
 // ErrMalformed reports a node message that cannot be decoded. A node logs and
 // counts such messages and goes on.
 var ErrMalformed = errors.New("malformed node message")
+
+// ErrUnknownVersion reports a node message of a version newer than
+// NodeMsgVersion.
+var ErrUnknownVersion = errors.New("node message of an unknown version")
 
 // EncodeNodeMsg builds the bytes to PUBLISH. The header is written by hand
 // (the same JSON encoding/json would produce, field for field) because it
@@ -53,8 +70,14 @@ func EncodeNodeMsg(h NodeMsg, frames ...[]byte) []byte {
 	for _, f := range frames {
 		n += 1 + len(f)
 	}
+	v := h.Version
+	if v <= 0 {
+		v = NodeMsgVersion
+	}
 	b := make([]byte, 0, n)
-	b = append(b, `{"k":`...)
+	b = append(b, `{"v":`...)
+	b = strconv.AppendInt(b, int64(v), 10)
+	b = append(b, `,"k":`...)
 	b = AppendString(b, h.Kind)
 	b = appendList(b, `,"to":[`, h.To)
 	b = appendField(b, `,"echo":`, h.Echo)
@@ -101,6 +124,14 @@ func DecodeNodeMsg(msg []byte) (NodeMsg, [][]byte, error) {
 		if err := json.Unmarshal(head, &h); err != nil {
 			return h, nil, fmt.Errorf("%w: header: %v", ErrMalformed, err)
 		}
+	}
+	switch {
+	case h.Version == 0:
+		h.Version = 1
+	case h.Version < 0:
+		return h, nil, fmt.Errorf("%w: version %d", ErrMalformed, h.Version)
+	case h.Version > NodeMsgVersion:
+		return h, nil, fmt.Errorf("%w: %d, this node reads up to %d", ErrUnknownVersion, h.Version, NodeMsgVersion)
 	}
 	var frames [][]byte
 	for hasFrames {
@@ -159,6 +190,23 @@ func decodeHeaderFast(b []byte, h *NodeMsg) bool {
 		var dst *string
 		var list *[]string
 		switch key {
+		case "v":
+			j := 0
+			for j < len(b) && j < 9 && b[j] >= '0' && b[j] <= '9' {
+				j++
+			}
+			if j == 0 || (b[0] == '0' && j > 1) || (j < len(b) && b[j] >= '0' && b[j] <= '9') {
+				return false
+			}
+			h.Version, _ = strconv.Atoi(string(b[:j]))
+			b = b[j:]
+			if len(b) > 0 {
+				if b[0] != ',' || len(b) == 1 {
+					return false
+				}
+				b = b[1:]
+			}
+			continue
 		case "k":
 			dst = &h.Kind
 		case "echo":
@@ -237,4 +285,28 @@ func fastString(b []byte) (string, []byte, bool) {
 		}
 	}
 	return "", nil, false
+}
+
+// IsControlMsg reports whether a node message is one that must never be
+// dropped under overload (join, leave, kick, probe: rare, and losing one
+// would leave state wrong), from the kind EncodeNodeMsg writes near the
+// start. Anything it cannot read is not control.
+func IsControlMsg(msg string) bool {
+	if len(msg) > 32 {
+		msg = msg[:32]
+	}
+	i := strings.Index(msg, `"k":"`)
+	if i < 0 {
+		return false
+	}
+	rest := msg[i+5:]
+	j := strings.IndexByte(rest, '"')
+	if j < 0 {
+		return false
+	}
+	switch rest[:j] {
+	case KindJoin, KindLeave, KindKick, KindProbe:
+		return true
+	}
+	return false
 }

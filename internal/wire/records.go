@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// NodeInfo is the value of Names.NodeKey.
+// NodeInfo is a node's registry entry.
 type NodeInfo struct {
 	ID      string `json:"id"`
 	URL     string `json:"url"`     // public ws(s) URL of the node's WebSocket endpoint
@@ -18,9 +18,12 @@ type NodeInfo struct {
 	// Draining is set while the node shuts down: it keeps its lease (so it
 	// is not reaped) but takes no new clients.
 	Draining bool `json:"draining,omitempty"`
+	// Proto is the highest node message version the node reads
+	// (NodeMsgVersion); 0 from releases before the field, meaning 1.
+	Proto int `json:"proto,omitempty"`
 }
 
-// TokenRecord is the value of Names.TokenKey.
+// TokenRecord is what a connect token stands for.
 type TokenRecord struct {
 	Node   string `json:"node"`
 	Client string `json:"client"`
@@ -59,8 +62,8 @@ const (
 	ReasonTimeout  = "timeout"   // heartbeat timed out
 )
 
-// Event is an online or offline event, on Names.EventChannel and, as field
-// "e" of an entry, on Names.EventStream.
+// Event is an online or offline event, on the event channel and, as field
+// "e" of an entry, on the event stream (docs/protocol.md).
 type Event struct {
 	Type   string `json:"type"`
 	Client string `json:"client"`

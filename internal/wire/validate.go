@@ -23,6 +23,8 @@ var (
 	ErrMetaTooBig  = errors.New("metadata too large")
 	ErrBadPayload  = errors.New("payload is not valid JSON")
 	ErrTooBig      = errors.New("payload too large")
+	// ErrPayloadNotUTF8 is also an ErrBadPayload.
+	ErrPayloadNotUTF8 = fmt.Errorf("%w: not valid UTF-8", ErrBadPayload)
 )
 
 // ValidateClientID accepts a non-empty UTF-8 string of at most 128 bytes

@@ -265,6 +265,7 @@ func TestEncodeNodeMsgMatchesEncodingJSON(t *testing.T) {
 		{Kind: KindProbe, Nonce: "n1"},
 		{Kind: KindKick, Client: "x"},
 	} {
+		h.Version = NodeMsgVersion // what EncodeNodeMsg writes for 0
 		want, _ := json.Marshal(h)
 		got := EncodeNodeMsg(h)
 		// encoding/json escapes <, > and & as \u003c etc.; both decode the same.
@@ -285,6 +286,8 @@ func FuzzHeaderFastPath(f *testing.F) {
 	f.Add([]byte(`{"k":"join","c":"a","chans":["r1"]}`))
 	f.Add([]byte(`{"k":"send","to":[]}`))
 	f.Add([]byte(`{"k":"probe","nonce":"n","k":"kick"}`))
+	f.Add([]byte(`{"v":1,"k":"send","to":["b"]}`))
+	f.Add([]byte(`{"v":12,"k":"kick","v":0}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var fast NodeMsg
 		if !decodeHeaderFast(b, &fast) {
@@ -294,14 +297,14 @@ func FuzzHeaderFastPath(f *testing.F) {
 		if err := json.Unmarshal(b, &slow); err != nil {
 			t.Fatalf("fast path accepted %q, encoding/json refused it: %v", b, err)
 		}
-		if fmt.Sprintf("%q", fast) != fmt.Sprintf("%q", slow) {
+		if fmt.Sprintf("%#v", fast) != fmt.Sprintf("%#v", slow) {
 			t.Fatalf("%q: fast %+v, encoding/json %+v", b, fast, slow)
 		}
 	})
 }
 
 func TestHeaderFastPathTakesOurEncoding(t *testing.T) {
-	h := NodeMsg{Kind: KindSend, To: []string{"b", "c"}, Echo: "a", Receipt: "a", ID: "01J"}
+	h := NodeMsg{Version: NodeMsgVersion, Kind: KindSend, To: []string{"b", "c"}, Echo: "a", Receipt: "a", ID: "01J"}
 	var got NodeMsg
 	if !decodeHeaderFast(EncodeNodeMsg(h), &got) || fmt.Sprint(got) != fmt.Sprint(h) {
 		t.Fatalf("fast path did not take %s: %+v", EncodeNodeMsg(h), got)

@@ -1,9 +1,10 @@
 -- Remove a client from channels.
--- KEYS: 1 client chans set, 2 channel index set, 3 online hash.
--- ARGV: 1 client, 2 channel member key prefix, 3.. channel names.
+-- KEYS: 1 client chans set, 2 channel index set, 3 online hash,
+--       4.. one channel member set per name in ARGV[2..].
+-- ARGV: 1 client, 2.. channel names, in the order of KEYS[4..].
 -- Returns the node the client is online on, or nil.
-for i = 3, #ARGV do
-  local k = ARGV[2] .. ARGV[i]
+for i = 2, #ARGV do
+  local k = KEYS[i + 2]
   redis.call('SREM', k, ARGV[1])
   redis.call('SREM', KEYS[1], ARGV[i])
   if redis.call('SCARD', k) == 0 then redis.call('SREM', KEYS[2], ARGV[i]) end

@@ -1,0 +1,36 @@
+package imserver
+
+import (
+	"context"
+	"time"
+
+	"github.com/imbroker/imbroker/internal/store"
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// probeLoop publishes a probe to the node's own channel every
+// ProbeInterval; if probes stop arriving on a subscription that looks
+// alive (Redis dropped it behind our back), it makes the subscriber
+// reconnect.
+func (s *Server) probeLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ProbeInterval)
+	defer t.Stop()
+	msg := wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindProbe, Nonce: s.cfg.NodeID})
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !s.sub.connected.Load() {
+			continue
+		}
+		if !s.sub.healthy() {
+			s.sub.reconnect()
+			continue
+		}
+		cctx, cancel := s.redisCtx()
+		_ = s.st.PublishNodes(cctx, store.NodeMessage{Node: s.cfg.NodeID, Msg: msg})
+		cancel()
+	}
+}

@@ -1,0 +1,157 @@
+package imserver
+
+import (
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/imbroker/imbroker/internal/store"
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// route handles one message from Redis on a subscriber worker. It must
+// never wait on Redis: every channel hashed to the same worker would wait.
+func (s *Server) route(m store.Message) {
+	switch m.Kind {
+	case store.ToNode:
+		s.handleNodeMsg([]byte(m.Payload))
+	case store.ToBroadcast:
+		s.metrics.messagesIn.WithLabelValues("broadcast").Inc()
+		if f, ok := s.frame(m); ok {
+			s.hub.sendAll(f)
+		}
+	case store.ToChannel:
+		s.metrics.messagesIn.WithLabelValues("channel").Inc()
+		if f, ok := s.frame(m); ok {
+			s.hub.sendTopic(m.Channel, f)
+		}
+	}
+}
+
+// frame checks a channel or broadcast frame before it reaches browsers.
+func (s *Server) frame(m store.Message) (outFrame, bool) {
+	f := []byte(m.Payload)
+	if !wire.ValidFrame(f) {
+		s.malformed(m, wire.ErrMalformed)
+		return outFrame{}, false
+	}
+	return outFrame{b: f, ts: wire.FrameTS(f)}, true
+}
+
+func (s *Server) malformed(m store.Message, err error) {
+	if errors.Is(err, wire.ErrUnknownVersion) {
+		s.metrics.unknownVersion.Inc()
+	} else {
+		s.metrics.malformed.Inc()
+	}
+	s.log.Warn("ignored a message from redis", "kind", m.Kind, "channel", m.Channel, "err", err)
+}
+
+func (s *Server) handleNodeMsg(payload []byte) {
+	h, frames, err := wire.DecodeNodeMsg(payload)
+	if err != nil {
+		s.malformed(store.Message{Kind: store.ToNode}, err)
+		return
+	}
+	s.metrics.messagesIn.WithLabelValues(h.Kind).Inc()
+	switch h.Kind {
+	case wire.KindSend:
+		f := outFrame{b: frames[0], ts: wire.FrameTS(frames[0])}
+		var receipts [][]byte
+		for _, to := range h.To {
+			ok := s.hub.sendClient(to, f)
+			if h.Receipt != "" {
+				st := wire.StatusOffline
+				if ok {
+					st = wire.StatusDelivered
+				}
+				receipts = append(receipts, wire.ReceiptFrame(h.ID, to, st))
+			}
+		}
+		if h.Echo != "" {
+			s.hub.sendClient(h.Echo, outFrame{b: frames[1], ts: f.ts})
+		}
+		if len(receipts) > 0 {
+			s.sendReceipts(h.Receipt, receipts)
+		}
+	case wire.KindDeliver:
+		for _, fb := range frames {
+			f := outFrame{b: fb, ts: wire.FrameTS(fb)}
+			for _, to := range h.To {
+				s.hub.sendClient(to, f)
+			}
+		}
+	case wire.KindJoin:
+		s.applyJoin(h.Client, validChans(h.Chans))
+	case wire.KindLeave:
+		s.applyLeave(h.Client, validChans(h.Chans))
+	case wire.KindKick:
+		s.closeClient(h.Client, wire.CloseForcedOffline, "forced offline", wire.ReasonKicked)
+	case wire.KindProbe:
+		if h.Nonce == s.cfg.NodeID {
+			s.sub.probeSeen()
+		}
+	}
+}
+
+func validChans(chans []string) []string {
+	out := chans[:0:0]
+	for _, c := range chans {
+		if wire.ValidateChannel(c) == nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// sendReceipts delivers receipt frames to the sender's sockets: locally if
+// the sender is here, else through the outbox to the sender's owner.
+func (s *Server) sendReceipts(sender string, frames [][]byte) {
+	if s.hub.get(sender) != nil {
+		for _, fb := range frames {
+			s.hub.sendClient(sender, outFrame{b: fb})
+		}
+		return
+	}
+	owner := wire.Owner(sender, s.liveNodes())
+	if owner == s.cfg.NodeID {
+		return // the sender is offline
+	}
+	msg := wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindDeliver, To: []string{sender}}, frames...)
+	s.outbox.push(store.NodeMessage{Node: owner, Msg: msg})
+}
+
+// closeClient closes every socket of a local client with code.
+func (s *Server) closeClient(id string, code int, msg, reason string) {
+	if c := s.hub.get(id); c != nil {
+		for _, cn := range c.connList() {
+			cn.close(websocket.StatusCode(code), msg, reason)
+		}
+	}
+}
+
+// scheduleMoves closes, spread over MoveWindow, every local client whose
+// owner is now another node, so that routing stays exact.
+func (s *Server) scheduleMoves() {
+	nodes := s.liveNodes()
+	for _, c := range s.hub.clientList() {
+		if wire.Owner(c.id, nodes) != s.cfg.NodeID {
+			s.moveLater(c.id, 0)
+		}
+	}
+}
+
+// moveLater closes client id with the moved code at a random moment within
+// MoveWindow after minDelay, if by then it is still owned by another node.
+// The timer's callback does not block: closing starts a tracked goroutine.
+func (s *Server) moveLater(id string, minDelay time.Duration) {
+	delay := minDelay + time.Duration(rand.Int64N(int64(s.cfg.MoveWindow)))
+	time.AfterFunc(delay, func() {
+		if s.draining.Load() || wire.Owner(id, s.liveNodes()) == s.cfg.NodeID {
+			return
+		}
+		s.closeClient(id, wire.CloseMoved, "moved to another node", wire.ReasonMoved)
+	})
+}

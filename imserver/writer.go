@@ -1,0 +1,304 @@
+package imserver
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// outFrame is one frame queued for a socket. The bytes are shared by every
+// socket the frame goes to and never modified.
+type outFrame struct {
+	b    []byte
+	ts   int64 // publish time in unix ms from the frame, 0 if unknown
+	ctrl bool  // b is a whole WebSocket frame from coder/websocket; else a text payload
+}
+
+// sockWriter is the one owner of a socket's write side, as in nats-server's
+// websocket.go: every byte the socket sends after the handshake leaves
+// through its queue, in order, and one write(2) carries all the frames the
+// writer took from it.
+//
+//   - Data frames come from the hub (enqueue); the writer frames them itself
+//     (wire.AppendFrameHeader) instead of going through coder/websocket's
+//     Write, which costs a message writer reset, two locks and a flush per
+//     frame.
+//   - Control frames (pong, ping, close) are written by coder/websocket,
+//     which reaches us through Write, one whole frame per call (its buffered
+//     writer holds 256 bytes and is flushed after each frame; a control
+//     frame is at most 127). They are queued like data.
+//   - Once a close frame is queued nothing more is accepted, so no data
+//     frame can follow a close frame (RFC 6455 §5.5.1). Data queued before
+//     it still goes out first: a drain or a kick does not lose what was
+//     accepted; a slow consumer's backlog is dropped instead (stopData).
+//
+// A writer goroutine exists only while the queue is non-empty, so an idle
+// socket costs no goroutine here.
+type sockWriter struct {
+	net.Conn
+	metrics  *metrics
+	maxQueue int
+	spawn    func(func()) bool // starts a goroutine the server tracks
+	onSlow   func()            // the queue bound was passed
+	onBroken func()            // a write failed
+
+	mu          sync.Mutex
+	live        bool          // the handshake is done; guarded by mu
+	queue       []outFrame    // guarded by mu
+	spare       []outFrame    // the writer's last batch, reused; guarded by mu
+	queued      int           // bytes queued or being written; guarded by mu
+	writing     bool          // a writer goroutine runs; guarded by mu
+	dataStopped bool          // no more data frames; guarded by mu
+	closeQueued bool          // a close frame is queued: nothing after it; guarded by mu
+	closed      bool          // Close was called; guarded by mu
+	idle        chan struct{} // closed when the writer exits, while Close waits; guarded by mu
+
+	// writeSince is when the current batch write started (unix nanos), 0
+	// while idle. The heartbeat drops a socket whose write takes longer
+	// than WriteTimeout; a deadline per write would cost a timer
+	// registration per delivered frame.
+	writeSince atomic.Int64
+}
+
+// closeFlush bounds how long Close waits for queued frames to be written.
+const closeFlush = time.Second
+
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// start ends the handshake: from now on coder/websocket's writes are queued.
+func (w *sockWriter) start() {
+	w.mu.Lock()
+	w.live = true
+	w.mu.Unlock()
+}
+
+// enqueue queues a data frame without blocking; false if the socket no
+// longer takes data. A socket whose queue would pass maxQueue is reported
+// slow.
+func (w *sockWriter) enqueue(f outFrame) bool {
+	w.mu.Lock()
+	if w.dataStopped || w.closeQueued || w.closed {
+		w.mu.Unlock()
+		return false
+	}
+	// An empty queue takes any frame, so one frame larger than the bound is
+	// not mistaken for a slow reader.
+	if w.queued > 0 && w.queued+len(f.b) > w.maxQueue {
+		w.mu.Unlock()
+		w.metrics.dropped.Inc()
+		w.onSlow()
+		return false
+	}
+	start := w.pushLocked(f)
+	w.mu.Unlock()
+	if start {
+		w.startWriter()
+	}
+	return true
+}
+
+// pushLocked appends f and reports whether a writer must be started.
+func (w *sockWriter) pushLocked(f outFrame) bool {
+	w.queue = append(w.queue, f)
+	w.queued += len(f.b)
+	start := !w.writing
+	w.writing = true
+	return start
+}
+
+func (w *sockWriter) startWriter() {
+	if !w.spawn(w.writeLoop) {
+		w.mu.Lock()
+		w.writing = false
+		w.mu.Unlock()
+	}
+}
+
+// stopData makes the socket take no more data frames; with drop, the
+// frames already queued are dropped too (control frames stay).
+func (w *sockWriter) stopData(drop bool) {
+	w.mu.Lock()
+	w.dataStopped = true
+	if drop {
+		kept := w.queue[:0]
+		for _, f := range w.queue {
+			if f.ctrl {
+				kept = append(kept, f)
+			} else {
+				w.queued -= len(f.b)
+			}
+		}
+		clear(w.queue[len(kept):])
+		w.queue = kept
+	}
+	w.mu.Unlock()
+}
+
+// Write takes what coder/websocket writes: before the handshake is done,
+// the HTTP response, written through; after it, one whole control frame per
+// call, queued.
+func (w *sockWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	if !w.live {
+		w.mu.Unlock()
+		return w.Conn.Write(p)
+	}
+	if w.closeQueued || w.closed {
+		w.mu.Unlock()
+		return 0, net.ErrClosed
+	}
+	if wire.FrameOpcode(p) == wire.OpClose {
+		w.closeQueued = true
+	}
+	start := w.pushLocked(outFrame{b: append([]byte(nil), p...), ctrl: true})
+	w.mu.Unlock()
+	if start {
+		w.startWriter()
+	}
+	return len(p), nil
+}
+
+// writeLoop writes batches until the queue is empty.
+func (w *sockWriter) writeLoop() {
+	for {
+		w.mu.Lock()
+		batch := w.queue
+		if len(batch) == 0 {
+			w.exitLocked()
+			w.mu.Unlock()
+			return
+		}
+		w.queue = w.spare[:0]
+		w.mu.Unlock()
+
+		n, err := w.writeBatch(batch)
+		clear(batch) // drop references to shared frames
+		w.mu.Lock()
+		w.queued -= n
+		w.spare = batch[:0]
+		if err != nil {
+			w.dataStopped, w.closeQueued = true, true
+			w.queue = nil
+			w.exitLocked()
+			w.mu.Unlock()
+			w.onBroken()
+			return
+		}
+		w.mu.Unlock()
+	}
+}
+
+func (w *sockWriter) exitLocked() {
+	w.writing = false
+	if w.idle != nil {
+		close(w.idle)
+		w.idle = nil
+	}
+}
+
+// writeBatch sends frames with one write and returns their queued size.
+func (w *sockWriter) writeBatch(batch []outFrame) (int, error) {
+	w.writeSince.Store(time.Now().UnixNano())
+	defer w.writeSince.Store(0)
+	bp := batchBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
+	n := 0
+	for _, f := range batch {
+		if !f.ctrl {
+			buf = wire.AppendFrameHeader(buf, wire.OpText, len(f.b))
+		}
+		buf = append(buf, f.b...)
+		n += len(f.b)
+	}
+	_, err := w.Conn.Write(buf)
+	if cap(buf) <= 64<<10 {
+		*bp = buf[:0]
+		batchBufs.Put(bp)
+	}
+	if err == nil {
+		for _, f := range batch {
+			if !f.ctrl {
+				w.metrics.observeDelivery(f.ts)
+			}
+		}
+	}
+	return n, err
+}
+
+// Close is how coder/websocket ends the connection, right after it queued
+// its close frame (or gave up on the peer). The queue is written first,
+// within closeFlush, so that the close frame is not lost in it.
+func (w *sockWriter) Close() error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.closed = true
+	if w.writing {
+		idle := make(chan struct{})
+		w.idle = idle
+		w.mu.Unlock()
+		_ = w.Conn.SetWriteDeadline(time.Now().Add(closeFlush))
+		<-idle
+		w.mu.Lock()
+	}
+	batch := w.queue
+	w.queue = nil
+	w.mu.Unlock()
+	if len(batch) > 0 {
+		_ = w.Conn.SetWriteDeadline(time.Now().Add(closeFlush))
+		_, _ = w.writeBatch(batch)
+	}
+	return w.Conn.Close()
+}
+
+// closeTCP closes the TCP connection at once, under coder/websocket and any
+// write in progress.
+func (w *sockWriter) closeTCP() { _ = w.Conn.Close() }
+
+// writeStuck reports a batch write running for longer than timeout.
+func (w *sockWriter) writeStuck(now time.Time, timeout time.Duration) bool {
+	since := w.writeSince.Load()
+	return since != 0 && now.UnixNano()-since > int64(timeout)
+}
+
+// leanWriter hands coder/websocket a connection of our own at hijack time:
+// a sockWriter, and small bufio buffers instead of net/http's two 4 KiB
+// ones, which coder/websocket would otherwise keep for the socket's
+// lifetime; on an idle push-only socket they are most of its memory. The
+// original reader is kept if the client already sent bytes after its
+// request (they sit in its buffer).
+type leanWriter struct {
+	http.ResponseWriter
+	newWriter func(net.Conn) *sockWriter
+	w         *sockWriter // set by Hijack
+}
+
+const (
+	leanReadBuf  = 256 // a frame header, a pong or a small client frame
+	leanWriteBuf = 256 // one control frame (at most 127 bytes) at a time
+)
+
+func (lw *leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := lw.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("response writer cannot hijack")
+	}
+	nc, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	lw.w = lw.newWriter(nc)
+	r := brw.Reader
+	if r.Buffered() == 0 {
+		r = bufio.NewReaderSize(nc, leanReadBuf)
+	}
+	return lw.w, bufio.NewReadWriter(r, bufio.NewWriterSize(lw.w, leanWriteBuf)), nil
+}

@@ -1,0 +1,72 @@
+package store
+
+// DefaultPrefix is prepended to every Redis key and channel name. Several
+// independent deployments can share one Redis by choosing distinct prefixes.
+const DefaultPrefix = "im:"
+
+// keys builds every Redis key and pub/sub channel name for one prefix. This
+// is the only place key layouts live; docs/protocol.md lists the same for
+// services written in other languages. Keys and channels are separate Redis
+// namespaces.
+type keys struct{ prefix string }
+
+// nodeSet is a SET of registered node ids (the registry index).
+func (k keys) nodeSet() string { return k.prefix + "nodes" }
+
+// nodeKey is a STRING holding the node's NodeInfo JSON with a PX lease. A
+// node listed in nodeSet whose nodeKey is gone has lost its lease and is dead.
+func (k keys) nodeKey(node string) string { return k.prefix + "node:" + node }
+
+// reapLock is taken with SET NX by the one survivor that cleans a dead node.
+func (k keys) reapLock(node string) string { return k.prefix + "reap:" + node }
+
+// token is a STRING holding a TokenRecord JSON, consumed once.
+func (k keys) token(token string) string { return k.prefix + "token:" + token }
+
+// online is a HASH clientId -> node id of every online client.
+func (k keys) online() string { return k.prefix + "online" }
+
+// nodeClients is a SET of the clients online on one node, so that a dead
+// node's clients are known exactly.
+func (k keys) nodeClients(node string) string { return k.prefix + "nodeclients:" + node }
+
+// clientNodes is a SET of the nodes on which a client has a socket: the
+// inverse of nodeClients, so that the offline script finds another node of
+// the client without building keys from data.
+func (k keys) clientNodes(id string) string { return k.prefix + "clientnodes:" + id }
+
+// chanMembers is a SET of the clientIds that joined channel ch.
+func (k keys) chanMembers(ch string) string { return k.prefix + "chan:" + ch }
+
+// clientChans is a SET of the channels client id has joined.
+func (k keys) clientChans(id string) string { return k.prefix + "clientchans:" + id }
+
+// chans is a SET of every channel that has at least one member.
+func (k keys) chans() string { return k.prefix + "chans" }
+
+// eventStream is the Redis Stream that online/offline events are appended to.
+func (k keys) eventStream() string { return k.prefix + "events:stream" }
+
+// nodeChannel is the pub/sub channel a node subscribes to for its own clients.
+func (k keys) nodeChannel(node string) string { return k.prefix + "n:" + node }
+
+// topicChannel is the pub/sub channel carrying messages for channel ch.
+func (k keys) topicChannel(ch string) string { return k.prefix + "c:" + ch }
+
+// topicPrefix is topicChannel without the channel name.
+func (k keys) topicPrefix() string { return k.prefix + "c:" }
+
+// broadcastChannel carries frames for every online client.
+func (k keys) broadcastChannel() string { return k.prefix + "broadcast" }
+
+// eventChannel carries online/offline events (at most once).
+func (k keys) eventChannel() string { return k.prefix + "events" }
+
+// chanMemberKeys maps channel names to their member set keys.
+func (k keys) chanMemberKeys(chans []string) []string {
+	out := make([]string, len(chans))
+	for i, ch := range chans {
+		out[i] = k.chanMembers(ch)
+	}
+	return out
+}

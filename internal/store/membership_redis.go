@@ -1,0 +1,88 @@
+package store
+
+import (
+	"context"
+
+	"github.com/redis/rueidis"
+)
+
+// Join implements Membership: the member sets, the client's set and the
+// channel index in one round trip, with the client's node read last.
+func (r *Redis) Join(ctx context.Context, client string, chans []string) (string, error) {
+	cmds := make(rueidis.Commands, 0, len(chans)+3)
+	for _, ch := range chans {
+		cmds = append(cmds, r.rc.B().Sadd().Key(r.k.chanMembers(ch)).Member(client).Build())
+	}
+	cmds = append(cmds,
+		r.rc.B().Sadd().Key(r.k.clientChans(client)).Member(chans...).Build(),
+		r.rc.B().Sadd().Key(r.k.chans()).Member(chans...).Build(),
+		r.rc.B().Hget().Key(r.k.online()).Field(client).Build())
+	res := r.rc.DoMulti(ctx, cmds...)
+	if err := firstErr(res[:len(res)-1]); err != nil {
+		return "", err
+	}
+	node, err := res[len(res)-1].ToString()
+	if rueidis.IsRedisNil(err) {
+		return "", nil
+	}
+	return node, err
+}
+
+// Leave implements Membership with leave.lua.
+func (r *Redis) Leave(ctx context.Context, client string, chans []string) (string, error) {
+	keys := append([]string{r.k.clientChans(client), r.k.chans(), r.k.online()}, r.k.chanMemberKeys(chans)...)
+	node, err := r.leave.Exec(ctx, r.rc, keys, append([]string{client}, chans...)).ToString()
+	if rueidis.IsRedisNil(err) {
+		return "", nil
+	}
+	return node, err
+}
+
+// RestoreMembership implements Membership.
+func (r *Redis) RestoreMembership(ctx context.Context, client string, chans []string) error {
+	if len(chans) == 0 {
+		return nil
+	}
+	cmds := make(rueidis.Commands, 0, len(chans)+2)
+	for _, ch := range chans {
+		cmds = append(cmds, r.rc.B().Sadd().Key(r.k.chanMembers(ch)).Member(client).Build())
+	}
+	cmds = append(cmds,
+		r.rc.B().Sadd().Key(r.k.clientChans(client)).Member(chans...).Build(),
+		r.rc.B().Sadd().Key(r.k.chans()).Member(chans...).Build())
+	return firstErr(r.rc.DoMulti(ctx, cmds...))
+}
+
+// ChanMembers implements Membership.
+func (r *Redis) ChanMembers(ctx context.Context, ch string) ([]string, error) {
+	return r.rc.Do(ctx, r.rc.B().Smembers().Key(r.k.chanMembers(ch)).Build()).AsStrSlice()
+}
+
+// ClientChans implements Membership.
+func (r *Redis) ClientChans(ctx context.Context, client string) ([]string, error) {
+	return r.rc.Do(ctx, r.rc.B().Smembers().Key(r.k.clientChans(client)).Build()).AsStrSlice()
+}
+
+// Chans implements Membership.
+func (r *Redis) Chans(ctx context.Context) ([]string, error) {
+	return r.rc.Do(ctx, r.rc.B().Smembers().Key(r.k.chans()).Build()).AsStrSlice()
+}
+
+// ChanOnline implements Membership with chan_online.lua, a few channels per
+// call so that no single call keeps Redis busy for long.
+func (r *Redis) ChanOnline(ctx context.Context, chans []string) ([]int, error) {
+	out := make([]int, 0, len(chans))
+	for len(chans) > 0 {
+		k := min(len(chans), 50)
+		keys := append([]string{r.k.online()}, r.k.chanMemberKeys(chans[:k])...)
+		vals, err := r.chanOnline.Exec(ctx, r.rc, keys, nil).AsIntSlice()
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vals {
+			out = append(out, int(v))
+		}
+		chans = chans[k:]
+	}
+	return out, nil
+}

@@ -1,0 +1,130 @@
+package store
+
+import (
+	_ "embed"
+	"fmt"
+	"strings"
+
+	"github.com/redis/rueidis"
+)
+
+// Redis implements every interface of this package on one rueidis client.
+type Redis struct {
+	rc        rueidis.Client
+	k         keys
+	streamCap string // approximate MAXLEN of the event stream
+
+	consumeToken, online, offline, leave, chanOnline, reapDone *rueidis.Lua
+}
+
+var (
+	_ Tokens     = (*Redis)(nil)
+	_ Registry   = (*Redis)(nil)
+	_ Presence   = (*Redis)(nil)
+	_ Membership = (*Redis)(nil)
+	_ Publisher  = (*Redis)(nil)
+	_ Subscriber = (*Redis)(nil)
+	_ Events     = (*Redis)(nil)
+	_ Node       = (*Redis)(nil)
+	_ Helper     = (*Redis)(nil)
+)
+
+// The Lua scripts; each states its KEYS and ARGV at the top.
+var (
+	//go:embed lua/consume_token.lua
+	scriptConsumeToken string
+	//go:embed lua/online.lua
+	scriptOnline string
+	//go:embed lua/offline.lua
+	scriptOffline string
+	//go:embed lua/leave.lua
+	scriptLeave string
+	//go:embed lua/chan_online.lua
+	scriptChanOnline string
+	//go:embed lua/reap_done.lua
+	scriptReapDone string
+)
+
+// Options configures a Redis store. Zero values mean the defaults given.
+type Options struct {
+	// Prefix of every key and channel. Default DefaultPrefix ("im:").
+	Prefix string
+	// EventStreamMaxLen caps the event stream (approximately). Default 100000.
+	EventStreamMaxLen int
+}
+
+// NewRedis returns a store on rc; rc stays the caller's to close.
+func NewRedis(rc rueidis.Client, o Options) *Redis {
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if o.EventStreamMaxLen <= 0 {
+		o.EventStreamMaxLen = 100000
+	}
+	return &Redis{
+		rc:           rc,
+		k:            keys{prefix: o.Prefix},
+		streamCap:    fmt.Sprint(o.EventStreamMaxLen),
+		consumeToken: rueidis.NewLuaScript(scriptConsumeToken),
+		online:       rueidis.NewLuaScript(scriptOnline),
+		offline:      rueidis.NewLuaScript(scriptOffline),
+		leave:        rueidis.NewLuaScript(scriptLeave),
+		chanOnline:   rueidis.NewLuaScript(scriptChanOnline),
+		reapDone:     rueidis.NewLuaScript(scriptReapDone),
+	}
+}
+
+// Dial builds the rueidis client for a redis:// or rediss:// URL: the one
+// way both sides connect, with client-side caching off (nothing here reads
+// the same key twice).
+func Dial(url string) (rueidis.Client, error) {
+	opt, err := rueidis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("failed to parse redis url: %w", err)
+	}
+	opt.DisableCache = true
+	rc, err := rueidis.NewClient(opt)
+	if err != nil {
+		return nil, fmt.Errorf("failed to connect to redis: %w", err)
+	}
+	return rc, nil
+}
+
+// DialEmbedded builds a client for an embedded Redis-protocol server
+// (miniredis) at addr: RESP2 only, so that commands still work on the
+// connection a SUBSCRIBE used, and a single client, so that rueidis does not
+// take the server for a cluster.
+func DialEmbedded(addr string) (rueidis.Client, error) {
+	rc, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress:       []string{strings.TrimPrefix(addr, "redis://")},
+		AlwaysRESP2:       true,
+		DisableCache:      true,
+		ForceSingleClient: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failed to connect to the embedded redis: %w", err)
+	}
+	return rc, nil
+}
+
+// Client returns the underlying client.
+func (r *Redis) Client() rueidis.Client { return r.rc }
+
+func firstErr(rs []rueidis.RedisResult) error {
+	for _, r := range rs {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func strs(vals []rueidis.RedisMessage) []string {
+	out := make([]string, 0, len(vals))
+	for _, v := range vals {
+		if s, err := v.ToString(); err == nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
