@@ -1,7 +1,10 @@
 # Multi-stage build of one imserver node: a static binary on a distroless,
 # non-root base.
-FROM golang:1.26 AS build
+FROM golang:1.25 AS build
 WORKDIR /src
+# The node is built from the library module alone, not the workspace that
+# also holds the example.
+ENV GOWORK=off
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .

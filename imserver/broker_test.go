@@ -22,7 +22,7 @@ import (
 
 var bg = context.Background()
 
-// TestThreeNodes exercises every SPEC §5 method on three nodes with 300
+// TestThreeNodes exercises every imhelper method on three nodes with 300
 // clients spread over them by the hash.
 func TestThreeNodes(t *testing.T) {
 	c := startCluster(t, 3, nil)

@@ -81,7 +81,19 @@ type Config struct {
 	RedisTimeout time.Duration
 }
 
+// ErrInvalidConfig wraps every error New returns for a Config that cannot
+// work (as opposed to a Redis that cannot be reached); cmd/imserver exits
+// with status 2 for it.
+var ErrInvalidConfig = errors.New("invalid configuration")
+
 func (c *Config) setDefaults() error {
+	if err := c.fill(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+func (c *Config) fill() error {
 	if c.Listen == "" {
 		c.Listen = ":6001"
 	}
@@ -101,6 +113,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.RedisURL == "" {
 		c.RedisURL = "redis://127.0.0.1:6379/0"
+	}
+	if err := store.CheckURL(c.RedisURL); err != nil {
+		return err
 	}
 	if c.Prefix == "" {
 		c.Prefix = store.DefaultPrefix
@@ -137,7 +152,8 @@ func setDur(d *time.Duration, def time.Duration) {
 func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	c := &Config{}
 	var envErrs []error
-	str := func(p *string, name, usage string) { fs.StringVar(p, name, env(name, *p), usage) }
+	// Each usage ends with its environment variable, so -h lists them.
+	str := func(p *string, name, usage string) { fs.StringVar(p, name, env(name, *p), withEnv(name, usage)) }
 	fromEnv := func(name string, parse func(string) error) {
 		if v := env(name, ""); v != "" {
 			if err := parse(v); err != nil {
@@ -147,11 +163,11 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	}
 	dur := func(p *time.Duration, name, usage string) {
 		fromEnv(name, func(v string) (err error) { *p, err = time.ParseDuration(v); return err })
-		fs.DurationVar(p, name, *p, usage)
+		fs.DurationVar(p, name, *p, withEnv(name, usage))
 	}
 	num := func(p *int, name, usage string) {
 		fromEnv(name, func(v string) (err error) { *p, err = strconv.Atoi(v); return err })
-		fs.IntVar(p, name, *p, usage)
+		fs.IntVar(p, name, *p, withEnv(name, usage))
 	}
 	str(&c.Listen, "listen", "WebSocket listen address (default :6001)")
 	str(&c.AdminListen, "admin-listen", "separate address for /healthz, /readyz, /metrics (default: on -listen)")
@@ -160,7 +176,7 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	str(&c.RedisURL, "redis-url", "Redis URL (default redis://127.0.0.1:6379/0)")
 	str(&c.Prefix, "prefix", "prefix of Redis keys and channels (default im:)")
 	origins := env("origins", "")
-	fs.Func("origins", "comma-separated allowed Origin host patterns, e.g. *.example.com", func(s string) error {
+	fs.Func("origins", withEnv("origins", "comma-separated allowed Origin host patterns, e.g. *.example.com"), func(s string) error {
 		origins = s
 		return nil
 	})
@@ -198,6 +214,8 @@ func env(flagName, def string) string {
 	}
 	return def
 }
+
+func withEnv(flagName, usage string) string { return usage + " (" + envName(flagName) + ")" }
 
 // envName maps a flag name to its environment variable: IM_ + upper case,
 // dashes as underscores.

@@ -68,10 +68,12 @@ func startCluster(t testing.TB, n int, mod func(*imserver.Config)) *cluster {
 
 func (c *cluster) config(id string) imserver.Config {
 	cfg := imserver.Config{
-		Listen:        "127.0.0.1:0",
-		NodeID:        id,
-		RedisURL:      c.redis.URL(),
-		LeaseTTL:      1500 * time.Millisecond,
+		Listen:   "127.0.0.1:0",
+		NodeID:   id,
+		RedisURL: c.redis.URL(),
+		// Long enough that a loaded machine does not let a live node's
+		// lease lapse; tests of dead nodes use processes with their own.
+		LeaseTTL:      5 * time.Second,
 		MoveWindow:    500 * time.Millisecond,
 		DrainWindow:   300 * time.Millisecond,
 		ProbeInterval: 500 * time.Millisecond,
@@ -252,8 +254,8 @@ func (w *wsClient) closeCode(t testing.TB) websocket.StatusCode {
 	t.Helper()
 	select {
 	case <-w.done:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("%s: not closed within 5s", w.id)
+	case <-time.After(15 * time.Second):
+		t.Fatalf("%s: not closed within 15s", w.id)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -106,16 +106,7 @@ func (h *hub) remove(cn *conn) (last bool, chans []string) {
 	c.mu.Unlock()
 	s.mu.Unlock()
 	if last {
-		h.topicsMu.Lock()
-		for _, ch := range chans {
-			if m := h.topics[ch]; m != nil {
-				delete(m, c)
-				if len(m) == 0 {
-					delete(h.topics, ch)
-				}
-			}
-		}
-		h.topicsMu.Unlock()
+		h.dropMember(c, chans)
 	}
 	return last, chans
 }
@@ -154,7 +145,14 @@ func (h *hub) leave(c *client, chans []string) (emptied []string) {
 		delete(c.chans, ch)
 	}
 	c.mu.Unlock()
+	return h.dropMember(c, chans)
+}
+
+// dropMember removes c from the local members of chans and returns the
+// channels left without one.
+func (h *hub) dropMember(c *client, chans []string) (emptied []string) {
 	h.topicsMu.Lock()
+	defer h.topicsMu.Unlock()
 	for _, ch := range chans {
 		if m := h.topics[ch]; m != nil {
 			delete(m, c)
@@ -164,7 +162,6 @@ func (h *hub) leave(c *client, chans []string) (emptied []string) {
 			}
 		}
 	}
-	h.topicsMu.Unlock()
 	return emptied
 }
 

@@ -157,7 +157,12 @@ func (c *cluster) stall(id string) {
 // count: it publishes until every stalled socket has been cut, up to a
 // bound far past any kernel buffer (3,000 × 16 KiB = 48 MiB per socket).
 func TestSlowConsumers(t *testing.T) {
-	c := startCluster(t, 1, func(cfg *imserver.Config) { cfg.MaxQueueBytes = 256 << 10 })
+	// No pings: a stalled socket never answers one, and a heartbeat
+	// timeout (4004) would take it before its queue overflows.
+	c := startCluster(t, 1, func(cfg *imserver.Config) {
+		cfg.MaxQueueBytes = 256 << 10
+		cfg.PingInterval = time.Hour
+	})
 	node := c.nodes[0]
 	const stalled, readers, maxMsgs = 20, 50, 3000
 	for i := 0; i < stalled; i++ {

@@ -12,6 +12,7 @@ type metrics struct {
 	reg            *prometheus.Registry
 	conns          prometheus.Gauge
 	clients        prometheus.Gauge
+	nodes          prometheus.Gauge
 	connects       prometheus.Counter
 	refusals       *prometheus.CounterVec
 	closes         *prometheus.CounterVec
@@ -32,6 +33,7 @@ func newMetrics() *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.conns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "im_connections", Help: "Open WebSocket connections."})
 	m.clients = prometheus.NewGauge(prometheus.GaugeOpts{Name: "im_clients", Help: "Distinct online clientIds on this node."})
+	m.nodes = prometheus.NewGauge(prometheus.GaugeOpts{Name: "im_nodes", Help: "Live nodes in this node's view of the registry, itself included."})
 	m.connects = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_connects_total", Help: "Accepted WebSocket connections."})
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_refusals_total", Help: "Refused connection attempts by reason."}, []string{"reason"})
 	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_closes_total", Help: "Closed connections by reason."}, []string{"reason"})
@@ -51,7 +53,7 @@ func newMetrics() *metrics {
 		Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5},
 	})
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.reg.MustRegister(m.conns, m.clients, m.connects, m.refusals, m.closes, m.messagesIn,
+	m.reg.MustRegister(m.conns, m.clients, m.nodes, m.connects, m.refusals, m.closes, m.messagesIn,
 		m.delivered, m.dropped, m.slowCloses, m.malformed, m.overflow, m.unknownVersion, m.outboxDropped, m.reconnects, m.redisErrs, m.latency)
 	return m
 }

@@ -85,7 +85,7 @@ func (c *cluster) startProc(id string, extra ...string) *nodeProc {
 	c.t.Helper()
 	addr, admin := freeAddr(c.t), freeAddr(c.t)
 	args := []string{"-listen", addr, "-admin-listen", admin, "-node-id", id, "-redis-url", c.redis.URL(),
-		"-lease-ttl", "1500ms", "-probe-interval", "500ms", "-move-window", "1s", "-drain-window", "500ms"}
+		"-lease-ttl", "5s", "-probe-interval", "500ms", "-move-window", "1s", "-drain-window", "500ms"}
 	args = append(args, extra...)
 	p := &nodeProc{id: id, url: "ws://" + addr + "/ws", admin: "http://" + admin, exited: make(chan struct{}),
 		logs: &bytes.Buffer{}, logsMu: &sync.Mutex{}}
@@ -152,6 +152,25 @@ func metricValue(body, name string) float64 {
 func startProcCluster(t testing.TB) *cluster {
 	t.Helper()
 	return startCluster(t, 0, nil)
+}
+
+// waitProcViews waits until imhelper and every given node process see
+// exactly these processes as the live nodes.
+func (c *cluster) waitProcViews(procs ...*nodeProc) {
+	c.t.Helper()
+	var ids []string
+	for _, p := range procs {
+		ids = append(ids, p.id)
+	}
+	c.waitHelperNodes(ids...)
+	checkFor(c.t, 15*time.Second, func() error {
+		for _, p := range procs {
+			if n := p.metric(c.t, "im_nodes"); n != float64(len(procs)) {
+				return fmt.Errorf("%s sees %v nodes, want %d", p.id, n, len(procs))
+			}
+		}
+		return nil
+	})
 }
 
 func (c *cluster) waitHelperNodes(want ...string) {

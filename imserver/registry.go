@@ -104,6 +104,7 @@ func (s *Server) refreshNodes(ctx context.Context) {
 	changed := !slices.Equal(ids, s.nodes)
 	s.nodes = ids
 	s.nodesMu.Unlock()
+	s.metrics.nodes.Set(float64(len(ids)))
 	if changed {
 		s.log.Info("node set changed", "nodes", ids)
 		s.scheduleMoves()

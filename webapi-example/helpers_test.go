@@ -42,7 +42,7 @@ func newEnv(t *testing.T) *testEnv {
 	t.Helper()
 	e := &testEnv{t: t}
 	redis := redistest.Start(t)
-	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{redis.Addr}, DisableCache: true})
+	rc, err := imhelper.DialRedis(redis.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,9 @@ func newEnv(t *testing.T) *testEnv {
 		_ = e.node.Shutdown(ctx)
 	})
 	ctx := context.Background()
-	if err := waitReady(ctx, e.node); err != nil {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := e.node.WaitReady(rctx); err != nil {
 		t.Fatal(err)
 	}
 	im, err := imhelper.New(ctx, imhelper.Options{Redis: rc, Logger: log})

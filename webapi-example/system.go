@@ -58,24 +58,14 @@ func startSystem(ctx context.Context, cfg config, log *slog.Logger) (sys *system
 		if sys.embedded, err = miniredis.Run(); err != nil {
 			return sys, fmt.Errorf("failed to start embedded redis: %w", err)
 		}
-		// miniredis speaks RESP2 only, has no cluster commands and must not
-		// be mistaken for a cluster; these options make rueidis cope.
-		sys.rc, err = rueidis.NewClient(rueidis.ClientOption{
-			InitAddress:       []string{sys.embedded.Addr()},
-			AlwaysRESP2:       true,
-			DisableCache:      true,
-			ForceSingleClient: true,
-		})
+		// miniredis speaks RESP2 only and has no cluster commands;
+		// DialEmbeddedRedis sets the options rueidis needs for it.
+		sys.rc, err = imhelper.DialEmbeddedRedis(sys.embedded.Addr())
 	} else {
-		var opt rueidis.ClientOption
-		if opt, err = rueidis.ParseURL(cfg.RedisURL); err != nil {
-			return sys, fmt.Errorf("invalid IM_REDIS_URL: %w", err)
-		}
-		opt.DisableCache = true
-		sys.rc, err = rueidis.NewClient(opt)
+		sys.rc, err = imhelper.DialRedis(cfg.RedisURL)
 	}
 	if err != nil {
-		return sys, fmt.Errorf("failed to connect to redis: %w", err)
+		return sys, fmt.Errorf("IM_REDIS_URL: %w", err)
 	}
 
 	if sys.embedded != nil {
@@ -94,8 +84,11 @@ func startSystem(ctx context.Context, cfg config, log *slog.Logger) (sys *system
 		}
 		// The node registers itself once its subscription works; waiting for
 		// that lets imhelper see it from the first request on.
-		if err = waitReady(ctx, sys.node); err != nil {
-			return sys, err
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = sys.node.WaitReady(rctx)
+		cancel()
+		if err != nil {
+			return sys, fmt.Errorf("the embedded node did not become ready: %w", err)
 		}
 	}
 
@@ -171,22 +164,6 @@ func (s *system) Close(ctx context.Context) error {
 		s.embedded.Close()
 	}
 	return errors.Join(errs...)
-}
-
-// waitReady polls until the node is registered and subscribed.
-func waitReady(ctx context.Context, node *imserver.Server) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !node.Ready() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the embedded node did not become ready: %w", ctx.Err())
-		case <-tick.C:
-		}
-	}
-	return nil
 }
 
 // pageOrigins are the Origin host patterns under which the page may be

@@ -74,6 +74,14 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 	}
 }
 
+// CheckURL reports whether url is a Redis URL that Dial can use.
+func CheckURL(url string) error {
+	if _, err := rueidis.ParseURL(url); err != nil {
+		return fmt.Errorf("invalid redis url: %w", err)
+	}
+	return nil
+}
+
 // Dial builds the rueidis client for a redis:// or rediss:// URL: the one
 // way both sides connect, with client-side caching off (nothing here reads
 // the same key twice).

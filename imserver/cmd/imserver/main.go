@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -33,6 +34,10 @@ func main() {
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	srv, err := imserver.New(cfg, nil, log)
+	if errors.Is(err, imserver.ErrInvalidConfig) {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	if err != nil {
 		log.Error("failed to start", "err", err)
 		os.Exit(1)

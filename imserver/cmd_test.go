@@ -1,0 +1,59 @@
+package imserver_test
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/imbroker/imbroker/internal/redistest"
+)
+
+// TestExitCodes runs the imserver binary as an operator would: a
+// configuration that cannot work exits 2 and says why; a Redis that cannot
+// be reached exits 1 ("failed to start"); -h names every IM_* variable.
+func TestExitCodes(t *testing.T) {
+	bin := nodeBinary(t)
+	run := func(env []string, args ...string) (int, string) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), string(out)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0, string(out)
+	}
+	redis := redistest.Start(t)
+	for _, tc := range []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{nil, []string{"-listen", "nonsense"}, "invalid listen address"},
+		{nil, []string{"-node-id", "has space", "-redis-url", redis.URL()}, "invalid node id"},
+		{nil, []string{"-redis-url", "nope://x"}, "invalid redis url"},
+		{nil, []string{"-public-url", "http://x/ws"}, "must start with ws://"},
+		{[]string{"IM_PING_INTERVAL=soon"}, nil, "IM_PING_INTERVAL"},
+		{nil, []string{"-no-such-flag"}, "flag provided but not defined"},
+	} {
+		code, out := run(tc.env, tc.args...)
+		if code != 2 || !strings.Contains(out, tc.want) {
+			t.Errorf("%v %v: exit %d, output %q; want exit 2 saying %q", tc.env, tc.args, code, out, tc.want)
+		}
+	}
+	// A port nothing listens on: the node cannot reach Redis.
+	if code, out := run(nil, "-listen", "127.0.0.1:0", "-redis-url", "redis://"+freeAddr(t)+"/0"); code != 1 || !strings.Contains(out, "failed to start") {
+		t.Errorf("unreachable Redis: exit %d, output %q; want exit 1, failed to start", code, out)
+	}
+	_, help := run(nil, "-h")
+	for _, name := range []string{"IM_LISTEN", "IM_REDIS_URL", "IM_ORIGINS", "IM_MAX_CONNS_PER_CLIENT", "IM_REDIS_TIMEOUT", "IM_DRAIN_TIMEOUT"} {
+		if !strings.Contains(help, "("+name+")") {
+			t.Errorf("-h does not name %s:\n%s", name, help)
+		}
+	}
+}
