@@ -4,9 +4,8 @@
 -- ARGV: 1 client, 2.. channel names, in the order of KEYS[4..].
 -- Returns the node the client is online on, or nil.
 for i = 2, #ARGV do
-  local k = KEYS[i + 2]
-  redis.call('SREM', k, ARGV[1])
+  redis.call('SREM', KEYS[i + 2], ARGV[1])
   redis.call('SREM', KEYS[1], ARGV[i])
-  if redis.call('SCARD', k) == 0 then redis.call('SREM', KEYS[2], ARGV[i]) end
+  if redis.call('SCARD', KEYS[i + 2]) == 0 then redis.call('SREM', KEYS[2], ARGV[i]) end
 end
 return redis.call('HGET', KEYS[3], ARGV[1])

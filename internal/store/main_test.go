@@ -1,0 +1,9 @@
+package store
+
+import (
+	"testing"
+
+	"github.com/imbroker/imbroker/internal/leakcheck"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }

@@ -1,0 +1,128 @@
+package store
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imbroker/imbroker/internal/redistest"
+	"github.com/imbroker/imbroker/internal/wire"
+)
+
+// Every redis.call in every script names its key as KEYS[n]: no key is
+// built from ARGV or from data the script read, which a Redis Cluster
+// cannot route. PUBLISH names a channel, not a key.
+func TestScriptsDeclareEveryKey(t *testing.T) {
+	files, err := filepath.Glob("lua/*.lua")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scripts: %v", err)
+	}
+	call := regexp.MustCompile(`redis\.call\('(\w+)',\s*([^,)]+)`)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls := call.FindAllStringSubmatch(string(b), -1)
+		if len(calls) == 0 {
+			t.Errorf("%s: no redis.call found", f)
+		}
+		for _, m := range calls {
+			if m[1] == "PUBLISH" {
+				continue
+			}
+			if !regexp.MustCompile(`^KEYS\[[^\]]+\]$`).MatchString(strings.TrimSpace(m[2])) {
+				t.Errorf("%s: %s on %q, not on a declared key", f, m[1], m[2])
+			}
+		}
+	}
+}
+
+func newTestStore(t *testing.T) *Redis {
+	t.Helper()
+	rc, err := Dial(redistest.Start(t).URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rc.Close)
+	return NewRedis(rc, Options{})
+}
+
+// A client with sockets on two nodes stays online when one node lets go of
+// it, and goes offline, leaving every channel, when the other does too,
+// even when the caller's belief of its channels is empty or stale.
+func TestPresenceAcrossNodes(t *testing.T) {
+	st := newTestStore(t)
+	ctx := context.Background()
+	ev := wire.Event{Type: wire.EventOnline, Client: "c1"}
+	if _, err := st.Join(ctx, "c1", []string{"r1", "r2"}); err != nil {
+		t.Fatal(err)
+	}
+	if existed, chans, err := st.MarkOnline(ctx, "c1", "n1", ev); err != nil || existed || len(chans) != 2 {
+		t.Fatalf("first online: %v %v %v", existed, chans, err)
+	}
+	if existed, _, err := st.MarkOnline(ctx, "c1", "n2", ev); err != nil || !existed {
+		t.Fatalf("second node: existed=%v %v", existed, err)
+	}
+	off := wire.Event{Type: wire.EventOffline, Client: "c1"}
+	// n2 is named in im:online; its sockets close, the client lives on n1.
+	if res, err := st.MarkOffline(ctx, OfflineRequest{Client: "c1", Node: "n2", Offline: off}); err != nil || res != LivesElsewhere {
+		t.Fatalf("offline on n2: %v %v", res, err)
+	}
+	if node, _ := st.ClientNode(ctx, "c1"); node != "n1" {
+		t.Fatalf("presence not handed to n1: %q", node)
+	}
+	// A JoinChan the node has not heard of yet: the hint lacks r3.
+	if _, err := st.Join(ctx, "c1", []string{"r3"}); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := st.MarkOffline(ctx, OfflineRequest{Client: "c1", Node: "n1", Offline: off, Joined: []string{"r1"}}); err != nil || res != WentOffline {
+		t.Fatalf("offline on n1: %v %v", res, err)
+	}
+	for _, ch := range []string{"r1", "r2", "r3"} {
+		if m, _ := st.ChanMembers(ctx, ch); len(m) != 0 {
+			t.Errorf("%s still lists %v", ch, m)
+		}
+	}
+	if chans, _ := st.Chans(ctx); len(chans) != 0 {
+		t.Errorf("channel index still lists %v", chans)
+	}
+	if on, _ := st.AreOnline(ctx, []string{"c1"}); on[0] {
+		t.Error("c1 still online")
+	}
+}
+
+// A reap stops as soon as the dead node holds a lease again.
+func TestReapRefusedWhenNodeIsBack(t *testing.T) {
+	st := newTestStore(t)
+	ctx := context.Background()
+	if _, _, err := st.MarkOnline(ctx, "c1", "n1", wire.Event{Type: wire.EventOnline}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.WriteLease(ctx, wire.NodeInfo{ID: "n1", URL: "ws://x/ws"}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	res, err := st.MarkOffline(ctx, OfflineRequest{Client: "c1", Node: "n1", Reaping: true})
+	if err != nil || res != NodeIsBack {
+		t.Fatalf("reap of a live node: %v %v", res, err)
+	}
+	live, dead, err := st.Nodes(ctx)
+	if err != nil || len(live) != 1 || len(dead) != 0 {
+		t.Fatalf("nodes: %v %v %v", live, dead, err)
+	}
+	if removed, err := st.FinishReap(ctx, "n1"); err != nil || removed {
+		t.Fatalf("FinishReap of a live node: %v %v", removed, err)
+	}
+	if err := st.DeleteLease(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	ids, _, err := st.NodeClients(ctx, "n1", 0)
+	if err != nil || !slices.Equal(ids, []string{"c1"}) {
+		t.Fatalf("node clients: %v %v", ids, err)
+	}
+}
