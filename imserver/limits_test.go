@@ -157,11 +157,14 @@ func (c *cluster) stall(id string) {
 // count: it publishes until every stalled socket has been cut, up to a
 // bound far past any kernel buffer (3,000 × 16 KiB = 48 MiB per socket).
 func TestSlowConsumers(t *testing.T) {
-	// No pings: a stalled socket never answers one, and a heartbeat
-	// timeout (4004) would take it before its queue overflows.
+	// No heartbeat timeouts: a stalled socket never answers a ping, and a
+	// 4004 would take it before its queue overflows. (A long ping interval
+	// alone is not enough: each socket's first ping falls at a random
+	// moment within it.)
 	c := startCluster(t, 1, func(cfg *imserver.Config) {
 		cfg.MaxQueueBytes = 256 << 10
 		cfg.PingInterval = time.Hour
+		cfg.PongTimeout = time.Hour
 	})
 	node := c.nodes[0]
 	const stalled, readers, maxMsgs = 20, 50, 3000
@@ -196,7 +199,19 @@ func TestSlowConsumers(t *testing.T) {
 		}
 	}
 	if got := slowCloses(); got != stalled {
-		t.Fatalf("after %d messages of 16 KiB, im_slow_consumer_closes_total = %v, want %d", sent, got, stalled)
+		_, body := getJSON(t, admin)
+		var diag []string
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, "im_closes_total") || strings.HasPrefix(line, "im_frames_dropped") || strings.HasPrefix(line, "im_connections") {
+				diag = append(diag, line)
+			}
+		}
+		for i := 0; i < stalled; i++ {
+			if ok, _ := c.helper.HasOnline(bg, fmt.Sprintf("stall-%d", i)); ok {
+				diag = append(diag, fmt.Sprintf("stall-%d online", i))
+			}
+		}
+		t.Fatalf("after %d messages of 16 KiB, im_slow_consumer_closes_total = %v, want %d; %s", sent, got, stalled, strings.Join(diag, "; "))
 	}
 	t.Logf("all %d stalled sockets cut after %d messages", stalled, sent)
 	if node.Connections() != readers {
