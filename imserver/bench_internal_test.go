@@ -1,7 +1,9 @@
 package imserver
 
 import (
+	"context"
 	"strconv"
+	"sync"
 	"testing"
 
 	"github.com/imbroker/imbroker/internal/store"
@@ -127,4 +129,31 @@ func BenchmarkConnEnqueue(b *testing.B) {
 			b.StartTimer()
 		}
 	}
+}
+
+// BenchmarkStartGoroutine compares a tracked goroutine start (what every
+// writer, close and ping costs) with a plain go statement.
+func BenchmarkStartGoroutineTracked(b *testing.B) {
+	s := &Server{}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			wg.Add(1)
+			s.startGoroutine(wg.Done)
+		}
+	})
+	wg.Wait()
+	s.stopGoroutines()
+}
+
+func BenchmarkStartGoroutinePlain(b *testing.B) {
+	var wg sync.WaitGroup
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			wg.Add(1)
+			go wg.Done()
+		}
+	})
+	wg.Wait()
 }
