@@ -160,11 +160,10 @@ func (c *Client) loadNodes(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	v := &nodeView{urls: make(map[string]string, len(live)), proto: wire.NodeMsgVersion}
+	v := &nodeView{urls: make(map[string]string, len(live)), proto: wire.CommonVersion(live)}
 	for _, n := range live {
 		v.ids = append(v.ids, n.ID)
 		v.urls[n.ID] = n.URL
-		v.proto = min(v.proto, max(n.Proto, 1))
 	}
 	c.view.Store(v)
 	return nil

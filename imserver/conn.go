@@ -29,8 +29,7 @@ type conn struct {
 
 // newSockWriter builds the writer of a socket the server is accepting.
 func (s *Server) newSockWriter(nc net.Conn) *sockWriter {
-	w := &sockWriter{Conn: nc, metrics: s.metrics, maxQueue: s.cfg.MaxQueueBytes, spawn: s.startGoroutine}
-	return w
+	return &sockWriter{Conn: nc, metrics: s.metrics, maxQueue: s.cfg.MaxQueueBytes, spawn: s.startGoroutine}
 }
 
 // newConn ties a socket's writer to it once the handshake is done.

@@ -105,6 +105,7 @@ func (s *Server) refreshNodes(ctx context.Context) {
 	s.nodes = ids
 	s.nodesMu.Unlock()
 	s.metrics.nodes.Set(float64(len(ids)))
+	s.peerVersion.Store(int64(wire.CommonVersion(live)))
 	if changed {
 		s.log.Info("node set changed", "nodes", ids)
 		s.scheduleMoves()

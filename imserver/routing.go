@@ -119,7 +119,8 @@ func (s *Server) sendReceipts(sender string, frames [][]byte) {
 	if owner == s.cfg.NodeID {
 		return // the sender is offline
 	}
-	msg := wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindDeliver, To: []string{sender}}, frames...)
+	h := wire.NodeMsg{Version: int(s.peerVersion.Load()), Kind: wire.KindDeliver, To: []string{sender}}
+	msg := wire.EncodeNodeMsg(h, frames...)
 	s.outbox.push(store.NodeMessage{Node: owner, Msg: msg})
 }
 

@@ -51,6 +51,9 @@ type Server struct {
 
 	nodesMu sync.RWMutex
 	nodes   []string // live node ids, always including this one; guarded by nodesMu
+	// peerVersion is the node message version the live nodes all read
+	// (wire.CommonVersion), for the receipts this node sends them.
+	peerVersion atomic.Int64
 
 	started        int64 // unix ms
 	connCount      atomic.Int64
@@ -143,6 +146,7 @@ func (s *Server) Start() error {
 		s.cfg.NodeID = hn + "-" + port
 	}
 	s.nodes = []string{s.cfg.NodeID}
+	s.peerVersion.Store(wire.NodeMsgVersion)
 	s.sub = s.newSubscriber()
 
 	// A previous run of this node id may have crashed and left presence

@@ -9,14 +9,7 @@ import (
 // Join implements Membership: the member sets, the client's set and the
 // channel index in one round trip, with the client's node read last.
 func (r *Redis) Join(ctx context.Context, client string, chans []string) (string, error) {
-	cmds := make(rueidis.Commands, 0, len(chans)+3)
-	for _, ch := range chans {
-		cmds = append(cmds, r.rc.B().Sadd().Key(r.k.chanMembers(ch)).Member(client).Build())
-	}
-	cmds = append(cmds,
-		r.rc.B().Sadd().Key(r.k.clientChans(client)).Member(chans...).Build(),
-		r.rc.B().Sadd().Key(r.k.chans()).Member(chans...).Build(),
-		r.rc.B().Hget().Key(r.k.online()).Field(client).Build())
+	cmds := append(r.addMembership(client, chans), r.rc.B().Hget().Key(r.k.online()).Field(client).Build())
 	res := r.rc.DoMulti(ctx, cmds...)
 	if err := firstErr(res[:len(res)-1]); err != nil {
 		return "", err
@@ -43,14 +36,19 @@ func (r *Redis) RestoreMembership(ctx context.Context, client string, chans []st
 	if len(chans) == 0 {
 		return nil
 	}
-	cmds := make(rueidis.Commands, 0, len(chans)+2)
+	return firstErr(r.rc.DoMulti(ctx, r.addMembership(client, chans)...))
+}
+
+// addMembership is the writes of a membership: the channels' member sets,
+// the client's set and the channel index (room left for one more command).
+func (r *Redis) addMembership(client string, chans []string) rueidis.Commands {
+	cmds := make(rueidis.Commands, 0, len(chans)+3)
 	for _, ch := range chans {
 		cmds = append(cmds, r.rc.B().Sadd().Key(r.k.chanMembers(ch)).Member(client).Build())
 	}
-	cmds = append(cmds,
+	return append(cmds,
 		r.rc.B().Sadd().Key(r.k.clientChans(client)).Member(chans...).Build(),
 		r.rc.B().Sadd().Key(r.k.chans()).Member(chans...).Build())
-	return firstErr(r.rc.DoMulti(ctx, cmds...))
 }
 
 // ChanMembers implements Membership.

@@ -9,17 +9,12 @@ import (
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
-var errEmptyReply = errors.New("empty reply from a Redis script")
-
 // MarkOnline implements Presence with online.lua.
 func (r *Redis) MarkOnline(ctx context.Context, client, node string, ev wire.Event) (bool, []string, error) {
-	res, err := r.online.Exec(ctx, r.rc,
+	res, err := scriptReply(r.online.Exec(ctx, r.rc,
 		[]string{r.k.online(), r.k.nodeClients(node), r.k.clientNodes(client), r.k.clientChans(client), r.k.eventStream()},
 		[]string{client, node, string(ev.Encode()), r.k.eventChannel(), r.streamCap},
-	).ToArray()
-	if err == nil && len(res) == 0 {
-		err = errEmptyReply
-	}
+	))
 	if err != nil {
 		return false, nil, err
 	}
@@ -43,10 +38,7 @@ func (r *Redis) MarkOffline(ctx context.Context, req OfflineRequest) (OfflineRes
 			r.k.clientChans(req.Client), r.k.eventStream(), r.k.chans(), r.k.nodeKey(req.Node)},
 			r.k.chanMemberKeys(joined)...)
 		args := append([]string{req.Client, req.Node, ev, r.k.eventChannel(), r.streamCap, reaping}, joined...)
-		res, err := r.offline.Exec(ctx, r.rc, keys, args).ToArray()
-		if err == nil && len(res) == 0 {
-			err = errEmptyReply
-		}
+		res, err := scriptReply(r.offline.Exec(ctx, r.rc, keys, args))
 		if err != nil {
 			return 0, err
 		}

@@ -2,6 +2,7 @@ package store
 
 import (
 	_ "embed"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -117,6 +118,17 @@ func DialEmbedded(addr string) (rueidis.Client, error) {
 
 // Client returns the underlying client.
 func (r *Redis) Client() rueidis.Client { return r.rc }
+
+var errEmptyReply = errors.New("empty reply from a Redis script")
+
+// scriptReply is the array a script returns, which is never empty.
+func scriptReply(res rueidis.RedisResult) ([]rueidis.RedisMessage, error) {
+	arr, err := res.ToArray()
+	if err == nil && len(arr) == 0 {
+		err = errEmptyReply
+	}
+	return arr, err
+}
 
 func firstErr(rs []rueidis.RedisResult) error {
 	for _, r := range rs {

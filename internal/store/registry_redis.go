@@ -18,10 +18,7 @@ func (r *Redis) IssueToken(ctx context.Context, token string, rec []byte, ttl ti
 
 // ConsumeToken implements Tokens with consume_token.lua.
 func (r *Redis) ConsumeToken(ctx context.Context, token, node string) ([]byte, TokenStatus, error) {
-	res, err := r.consumeToken.Exec(ctx, r.rc, []string{r.k.token(token)}, []string{node}).ToArray()
-	if err == nil && len(res) == 0 {
-		err = errEmptyReply
-	}
+	res, err := scriptReply(r.consumeToken.Exec(ctx, r.rc, []string{r.k.token(token)}, []string{node}))
 	if err != nil {
 		return nil, TokenMissing, err
 	}

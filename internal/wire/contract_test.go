@@ -28,6 +28,16 @@ func TestNodeMsgVersion(t *testing.T) {
 	}
 }
 
+func TestCommonVersion(t *testing.T) {
+	// Nodes of releases before the field announce nothing: version 1.
+	if v := CommonVersion([]NodeInfo{{ID: "a", Proto: 0}, {ID: "b", Proto: NodeMsgVersion + 1}}); v != 1 {
+		t.Errorf("CommonVersion = %d, want 1", v)
+	}
+	if v := CommonVersion(nil); v != NodeMsgVersion {
+		t.Errorf("CommonVersion(no nodes) = %d, want %d", v, NodeMsgVersion)
+	}
+}
+
 func TestIsControlMsg(t *testing.T) {
 	for kind, want := range map[string]bool{KindJoin: true, KindLeave: true, KindKick: true, KindProbe: true, KindSend: false, KindDeliver: false} {
 		msg := string(EncodeNodeMsg(NodeMsg{Kind: kind, Client: "a", To: []string{"b"}}))

@@ -23,6 +23,16 @@ type NodeInfo struct {
 	Proto int `json:"proto,omitempty"`
 }
 
+// CommonVersion is the node message version to write to these nodes: the
+// lowest that every one of them reads, and at most NodeMsgVersion.
+func CommonVersion(nodes []NodeInfo) int {
+	v := NodeMsgVersion
+	for _, n := range nodes {
+		v = min(v, max(n.Proto, 1))
+	}
+	return v
+}
+
 // TokenRecord is what a connect token stands for.
 type TokenRecord struct {
 	Node   string `json:"node"`
