@@ -8,7 +8,12 @@ ENV GOWORK=off
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/imserver ./imserver/cmd/imserver
+# The version shown by `imserver -version`, the startup log and
+# im_build_info: docker build --build-arg VERSION=v0.5.0 .
+ARG VERSION=devel
+RUN CGO_ENABLED=0 go build -trimpath -buildvcs=false \
+    -ldflags="-s -w -X github.com/imbroker/imbroker/internal/version.Version=${VERSION}" \
+    -o /out/imserver ./imserver/cmd/imserver
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/imserver /imserver

@@ -57,3 +57,33 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 }
+
+// TestVersion: the binary says which build it is, on -version, in its
+// startup log and as im_build_info; im_ready follows /readyz. A build from
+// this checkout names the commit it was built from.
+func TestVersion(t *testing.T) {
+	bin := nodeBinary(t)
+	out, err := exec.Command(bin, "-version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "imserver ") {
+		t.Fatalf("-version: %v, %q", err, out)
+	}
+	head, gitErr := exec.Command("git", "rev-parse", "HEAD").Output()
+	rev := strings.TrimSpace(string(head))
+	if gitErr == nil && !strings.Contains(string(out), rev[:12]) {
+		t.Errorf("-version %q does not name the checkout's commit %s", out, rev[:12])
+	}
+
+	c := startProcCluster(t)
+	p := c.startProc("n1")
+	c.waitProcViews(p)
+	if !strings.Contains(p.logText(), `"version":"`+strings.TrimPrefix(strings.TrimSpace(string(out)), "imserver ")) {
+		t.Errorf("startup log does not carry the version %q:\n%s", out, p.logText())
+	}
+	_, body := getJSON(t, p.admin+"/metrics")
+	if !strings.Contains(body, `im_build_info{goversion="go`) || gitErr == nil && !strings.Contains(body, `revision="`+rev+`"`) {
+		t.Errorf("no im_build_info with the build's labels in /metrics:\n%s", body)
+	}
+	if v := metricValue(body, "im_ready"); v != 1 {
+		t.Errorf("im_ready = %v on a ready node, want 1", v)
+	}
+}

@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/imbroker/imbroker/internal/version"
 )
 
 // metrics are the node's Prometheus series; docs/operations.md lists them.
@@ -52,10 +54,27 @@ func newMetrics() *metrics {
 		Help:    "Time from publish (the frame's ts, millisecond resolution) to the socket write.",
 		Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5},
 	})
+	// im_build_info is the usual constant 1 with the build in its labels, so
+	// a dashboard can show which version each node runs during a rollout.
+	bi := version.Get()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "im_build_info", Help: "Always 1; the labels name the running build."}, []string{"version", "revision", "goversion"})
+	build.WithLabelValues(bi.Version, bi.Revision, bi.GoVersion).Set(1)
+	m.reg.MustRegister(build)
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(m.conns, m.clients, m.nodes, m.connects, m.refusals, m.closes, m.messagesIn,
 		m.delivered, m.dropped, m.slowCloses, m.malformed, m.overflow, m.unknownVersion, m.outboxDropped, m.reconnects, m.redisErrs, m.latency)
 	return m
+}
+
+// registerReady exports the node's readiness (what /readyz answers) as
+// im_ready, so a dashboard and an alert see it without probing.
+func (m *metrics) registerReady(ready func() bool) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "im_ready", Help: "1 while the node is registered and subscribed (what /readyz reports), else 0."}, func() float64 {
+		if ready() {
+			return 1
+		}
+		return 0
+	}))
 }
 
 func (m *metrics) observeDelivery(ts int64) {

@@ -33,6 +33,11 @@ func nodeBinary(t testing.TB) string {
 		}
 		binPath = filepath.Join(dir, "imserver")
 		args := []string{"build", "-o", binPath}
+		// Stamp the commit as a release build does (GOFLAGS on some
+		// machines turns stamping off), so TestVersion can check it.
+		if exec.Command("git", "rev-parse", "HEAD").Run() == nil {
+			args = append(args, "-buildvcs=true")
+		}
 		if raceEnabled {
 			args = append(args, "-race")
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/imbroker/imbroker/internal/store"
+	"github.com/imbroker/imbroker/internal/version"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -114,6 +115,7 @@ func New(cfg Config, redis rueidis.Client, logger *slog.Logger) (*Server, error)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.outbox = newOutbox(s.st, s.metrics, s.log, cfg.RedisTimeout)
+	s.metrics.registerReady(s.Ready)
 	return s, nil
 }
 
@@ -192,7 +194,7 @@ func (s *Server) Start() error {
 	s.startLoop(s.probeLoop)
 	httpSrv := s.httpSrv
 	s.startGoroutine(func() { _ = httpSrv.Serve(ln) })
-	s.log.Info("imserver started", "node", s.cfg.NodeID, "listen", s.ln.Addr().String(), "public_url", s.cfg.PublicURL)
+	s.log.Info("imserver started", "node", s.cfg.NodeID, "listen", s.ln.Addr().String(), "public_url", s.cfg.PublicURL, "version", version.Get().String())
 	return nil
 }
 

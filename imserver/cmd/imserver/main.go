@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/imbroker/imbroker/imserver"
+	"github.com/imbroker/imbroker/internal/version"
 )
 
 func main() {
@@ -27,7 +28,12 @@ func main() {
 		}
 		*drainTimeout = d
 	}
+	showVersion := fs.Bool("version", false, "print the build (module version, commit, Go version) and exit")
 	cfg, err := imserver.ParseFlags(fs, os.Args[1:])
+	if *showVersion {
+		fmt.Println("imserver", version.Get())
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
