@@ -222,4 +222,5 @@ type Helper interface {
 	Membership
 	Publisher
 	Events
+	Admin
 }
