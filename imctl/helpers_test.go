@@ -6,8 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
@@ -21,23 +19,10 @@ import (
 	"github.com/imbroker/imbroker/imhelper"
 	"github.com/imbroker/imbroker/imserver"
 	"github.com/imbroker/imbroker/internal/redistest"
+	"github.com/imbroker/imbroker/internal/testnode"
 )
 
-// waitFor polls fn until it returns nil, failing the test after timeout.
-func waitFor(t testing.TB, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %v: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+var waitFor = testnode.WaitFor
 
 // deployment is a private redis-server with in-process nodes, and the
 // test's own imhelper client to set up and check what imctl does.
@@ -47,8 +32,6 @@ type deployment struct {
 	nodes []*imserver.Server
 	im    *imhelper.Client
 }
-
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // startDeployment starts Redis and a node per id (cfg, if not nil, adjusts
 // each node's config) and waits until every node and the test's client
@@ -63,21 +46,9 @@ func startDeployment(t *testing.T, cfg func(*imserver.Config), ids ...string) *d
 		if cfg != nil {
 			cfg(&c)
 		}
-		srv, err := imserver.New(c, nil, quiet())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(ctx)
-		})
-		d.nodes = append(d.nodes, srv)
+		d.nodes = append(d.nodes, testnode.Start(t, c))
 	}
-	im, err := imhelper.New(context.Background(), imhelper.Options{RedisURL: d.redis.URL(), Logger: quiet()})
+	im, err := imhelper.New(context.Background(), imhelper.Options{RedisURL: d.redis.URL(), Logger: testnode.Quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}

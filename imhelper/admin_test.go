@@ -3,8 +3,6 @@ package imhelper_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 	"github.com/imbroker/imbroker/imserver"
 	"github.com/imbroker/imbroker/internal/redistest"
 	"github.com/imbroker/imbroker/internal/store"
+	"github.com/imbroker/imbroker/internal/testnode"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -23,21 +22,9 @@ import (
 func TestNodeInfos(t *testing.T) {
 	ctx := context.Background()
 	r := redistest.Start(t)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	const leaseTTL = 5 * time.Second
-	srv, err := imserver.New(imserver.Config{Listen: "127.0.0.1:0", NodeID: "node-a", RedisURL: r.URL(),
-		LeaseTTL: leaseTTL, ProbeInterval: 500 * time.Millisecond}, nil, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	})
+	srv := testnode.Start(t, imserver.Config{NodeID: "node-a", RedisURL: r.URL(),
+		LeaseTTL: leaseTTL, ProbeInterval: 500 * time.Millisecond})
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := srv.WaitReady(wctx); err != nil {
@@ -59,7 +46,7 @@ func TestNodeInfos(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	im, err := imhelper.New(ctx, imhelper.Options{RedisURL: r.URL(), Logger: quiet})
+	im, err := imhelper.New(ctx, imhelper.Options{RedisURL: r.URL(), Logger: testnode.Quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,23 +18,11 @@ import (
 	"github.com/imbroker/imbroker/imhelper"
 	"github.com/imbroker/imbroker/imserver"
 	"github.com/imbroker/imbroker/internal/redistest"
+	"github.com/imbroker/imbroker/internal/testnode"
 )
 
 // checkFor polls fn until it returns nil or the timeout passes.
-func checkFor(t testing.TB, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for {
-		if err = fn(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %v: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+var checkFor = testnode.WaitFor
 
 type cluster struct {
 	t      testing.TB
