@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/imbroker/imbroker/imhelper"
+	"github.com/imbroker/imbroker/internal/version"
 )
 
 // The one-shot commands: each connects, does one thing and prints it.
@@ -282,6 +283,17 @@ func kickCmd(*flag.FlagSet) func(context.Context, *app, []string) error {
 			return writeJSON(a.stdout, map[string]any{"client": args[0], "kick_sent": true})
 		}
 		_, err = fmt.Fprintf(a.stdout, "kick sent for %s: its sockets close with 4001\n", args[0])
+		return err
+	}
+}
+
+// versionCmd prints imctl's own build; it needs no Redis.
+func versionCmd(*flag.FlagSet) func(context.Context, *app, []string) error {
+	return func(_ context.Context, a *app, _ []string) error {
+		if a.json {
+			return writeJSON(a.stdout, version.Get())
+		}
+		_, err := fmt.Fprintln(a.stdout, "imctl", version.Get())
 		return err
 	}
 }

@@ -34,6 +34,10 @@ func TestUsageAndExitCodes(t *testing.T) {
 			t.Errorf("imctl %s -h: %s", c.name, cr)
 		}
 	}
+	// version needs no Redis: it answers against an unreachable one.
+	if r := runImctl(t, nil, "-redis-url", unreachable, "version", "--json"); r.code != 0 || !strings.Contains(r.stdout, `"goversion":"go`) {
+		t.Errorf("imctl version --json: %s", r)
+	}
 	if r := runImctl(t, nil, "help", "send"); r.code != 0 || !strings.Contains(r.stdout, "-from") {
 		t.Errorf("imctl help send: %s", r)
 	}

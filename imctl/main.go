@@ -170,6 +170,8 @@ var commands = []command{
 		argsWhat: "no arguments", streams: true, setup: eventsCmd},
 	{name: "listen", args: "[-meta text] <clientId>", summary: "connect as a client and print every frame until the socket closes",
 		minArgs: 1, maxArgs: 1, argsWhat: "one clientId", streams: true, setup: listenCmd},
+	{name: "version", summary: "print imctl's build (module version, commit, Go version)",
+		argsWhat: "no arguments", setup: versionCmd},
 }
 
 func findCommand(name string) *command {
