@@ -2,8 +2,15 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,15 +21,19 @@ import (
 func TestSignInAndSession(t *testing.T) {
 	e := newEnv(t)
 	b := e.browser()
-	b.wantError("GET", "/api/me", nil, http.StatusUnauthorized, "signed_out")
+	// Signed out is an answer, not an error: a page asks on every load.
+	var me meInfo
+	b.mustDo("GET", "/api/me", nil, http.StatusOK, &me)
+	if me != (meInfo{}) {
+		t.Fatalf("signed-out me = %+v", me)
+	}
 
 	status, _ := b.do("POST", "/api/signin", map[string]string{"nick": "Alice"})
 	if status != http.StatusOK {
 		t.Fatalf("signin: %d", status)
 	}
-	var me user
 	b.mustDo("GET", "/api/me", nil, http.StatusOK, &me)
-	if me.Nick != "Alice" || !strings.HasPrefix(me.ID, "u_") {
+	if !me.SignedIn || me.Nick != "Alice" || !strings.HasPrefix(me.ID, "u_") {
 		t.Fatalf("me = %+v", me)
 	}
 
@@ -33,8 +44,25 @@ func TestSignInAndSession(t *testing.T) {
 	}
 
 	b.mustDo("POST", "/api/signout", nil, http.StatusNoContent, nil)
-	b.wantError("GET", "/api/me", nil, http.StatusUnauthorized, "signed_out")
+	me = meInfo{}
+	b.mustDo("GET", "/api/me", nil, http.StatusOK, &me)
+	if me != (meInfo{}) {
+		t.Fatalf("me after sign-out = %+v", me)
+	}
 	b.wantError("POST", "/api/connect", nil, http.StatusUnauthorized, "signed_out")
+	b.wantError("GET", "/api/dms", nil, http.StatusUnauthorized, "signed_out")
+
+	// A session that expired (or never existed) reads as signed out too.
+	stale := e.browser()
+	stale.hc.Jar.SetCookies(mustParseURL(t, e.base), []*http.Cookie{{Name: sessionCookie, Value: "no-such-session"}})
+	me = meInfo{}
+	stale.mustDo("GET", "/api/me", nil, http.StatusOK, &me)
+	if me.SignedIn {
+		t.Fatalf("unknown session: me = %+v", me)
+	}
+	if left := stale.hc.Jar.Cookies(mustParseURL(t, e.base)); len(left) != 0 {
+		t.Fatalf("the unknown session's cookie was not cleared: %v", left)
+	}
 }
 
 func TestSessionCookieFlags(t *testing.T) {
@@ -186,6 +214,145 @@ func TestOfflineMessageDeliveredOnConnect(t *testing.T) {
 	b2.connect().none("a second delivery", 300*time.Millisecond, kind("dm"))
 }
 
+// dmPage is GET /api/dms/{nick}/messages's answer.
+type dmPage struct {
+	With     user
+	Messages []directMessage
+	More     bool
+}
+
+func (p dmPage) texts() string {
+	var s []string
+	for _, m := range p.Messages {
+		s = append(s, m.Text)
+	}
+	return strings.Join(s, ",")
+}
+
+// Private messages have a history, like rooms: a new browser session finds
+// its conversations and their messages.
+func TestDirectMessageHistory(t *testing.T) {
+	e := newEnv(t)
+	a, b, c := e.signIn("alice"), e.signIn("bob"), e.signIn("carol")
+	a.connect()
+
+	type sent struct {
+		Status  string
+		Message directMessage
+	}
+	var kept, live sent
+	a.mustDo("POST", "/api/messages", map[string]string{"to": "bob", "text": "first"}, http.StatusAccepted, &kept)
+	if !msgIDPattern.MatchString(kept.Message.MsgID) {
+		t.Fatalf("kept message %+v has no message id", kept.Message)
+	}
+	sb := b.connect()
+	// The pushed copies carry the history's id, so a page can merge both.
+	if f := sb.next("the kept message", kind("dm")); f.data()["msgId"] != kept.Message.MsgID {
+		t.Fatalf("kept frame %+v, want msgId %s", f.data(), kept.Message.MsgID)
+	}
+	a.mustDo("POST", "/api/messages", map[string]string{"to": "bob", "text": "second"}, http.StatusOK, &live)
+	if f := sb.next("the live message", kind("dm")); f.data()["msgId"] != live.Message.MsgID || live.Message.MsgID <= kept.Message.MsgID {
+		t.Fatalf("live frame %+v, want msgId %s after %s", f.data(), live.Message.MsgID, kept.Message.MsgID)
+	}
+	b.mustDo("POST", "/api/messages", map[string]string{"to": "alice", "text": "third"}, http.StatusOK, nil)
+
+	// Bob in a new browser: nothing in memory.
+	b2 := e.signIn("bob")
+	var convs struct{ Conversations []conversation }
+	b2.mustDo("GET", "/api/dms", nil, http.StatusOK, &convs)
+	if len(convs.Conversations) != 1 || convs.Conversations[0].ID != a.user.ID || convs.Conversations[0].Nick != "alice" || convs.Conversations[0].LastTS == 0 {
+		t.Fatalf("bob's conversations = %+v", convs.Conversations)
+	}
+	var p dmPage
+	b2.mustDo("GET", "/api/dms/ALICE/messages", nil, http.StatusOK, &p)
+	if p.With != a.user || p.texts() != "first,second,third" || p.More {
+		t.Fatalf("bob's history with alice = %+v", p)
+	}
+	if first := p.Messages[0]; first.From != a.user.ID || first.To != b.user.ID || !first.Offline || p.Messages[1].Offline {
+		t.Fatalf("history %+v: want the first kept while bob was offline, the second not", p.Messages)
+	}
+	var mine dmPage
+	a.mustDo("GET", "/api/dms/bob/messages", nil, http.StatusOK, &mine)
+	if mine.With != b.user || mine.texts() != p.texts() {
+		t.Fatalf("alice's history with bob = %+v", mine)
+	}
+
+	// Pages backwards, as a room's history does.
+	b2.mustDo("GET", "/api/dms/alice/messages?limit=2", nil, http.StatusOK, &p)
+	if p.texts() != "second,third" || !p.More {
+		t.Fatalf("newest page = %s more=%v", p.texts(), p.More)
+	}
+	b2.mustDo("GET", "/api/dms/alice/messages?limit=2&before="+p.Messages[0].MsgID, nil, http.StatusOK, &p)
+	if p.texts() != "first" || p.More {
+		t.Fatalf("older page = %s more=%v", p.texts(), p.More)
+	}
+
+	// Newest conversation first; other people's conversations are not shown.
+	c.mustDo("POST", "/api/messages", map[string]string{"to": "alice", "text": "hi from carol"}, http.StatusOK, nil)
+	a.mustDo("GET", "/api/dms", nil, http.StatusOK, &convs)
+	if len(convs.Conversations) != 2 || convs.Conversations[0].Nick != "carol" || convs.Conversations[1].Nick != "bob" {
+		t.Fatalf("alice's conversations = %+v", convs.Conversations)
+	}
+	c.mustDo("GET", "/api/dms/bob/messages", nil, http.StatusOK, &p)
+	if p.With != b.user || len(p.Messages) != 0 || p.Messages == nil {
+		t.Fatalf("carol's history with bob = %+v, want an empty list", p)
+	}
+
+	// Nicknames may be any letters; the page escapes them in the path.
+	z := e.signIn("Zoë")
+	a.mustDo("GET", "/api/dms/"+url.PathEscape("zoË")+"/messages", nil, http.StatusOK, &p)
+	if p.With != z.user {
+		t.Fatalf("history with Zoë names %+v", p.With)
+	}
+
+	a.wantError("GET", "/api/dms/nobody/messages", nil, http.StatusNotFound, "no_user")
+	a.wantError("GET", "/api/dms/alice/messages", nil, http.StatusBadRequest, "to_self")
+	a.wantError("GET", "/api/dms/semi;colon/messages", nil, http.StatusBadRequest, "bad_nick")
+	a.wantError("GET", "/api/dms/bob/messages?limit=0", nil, http.StatusBadRequest, "bad_limit")
+	a.wantError("GET", "/api/dms/bob/messages?before=x", nil, http.StatusBadRequest, "bad_before")
+}
+
+// roomCounts matches a broadcast that carries the counts of room.
+func roomCounts(room string, members, online int) func(frame) bool {
+	return func(f frame) bool {
+		var d struct {
+			Rooms []roomCount `json:"rooms"`
+		}
+		if f.Type != "broadcast" || json.Unmarshal(f.Data, &d) != nil {
+			return false
+		}
+		return slices.Contains(d.Rooms, roomCount{Name: room, Members: int64(members), Online: online})
+	}
+}
+
+// The room list shows every room's counts, also of rooms the user did not
+// join, whose channel events never reach the user's page.
+func TestRoomCountsReachEveryPage(t *testing.T) {
+	e := newEnv(t)
+	a, b, c := e.signIn("alice"), e.signIn("bob"), e.signIn("carol")
+	sc := c.connect()
+	sa := a.connect()
+
+	a.mustDo("POST", "/api/rooms/lobby/join", nil, http.StatusOK, nil)
+	sc.next("lobby 1/1 after alice joined", roomCounts("lobby", 1, 1))
+	b.mustDo("POST", "/api/rooms/lobby/join", nil, http.StatusOK, nil)
+	sc.next("lobby 0/2 after offline bob joined", roomCounts("lobby", 2, 1))
+
+	// Presence moves the online counts of the user's rooms.
+	sb := b.connect()
+	sc.next("lobby 2/2 after bob connected", roomCounts("lobby", 2, 2))
+	sa.close()
+	sc.next("lobby 1/2 after alice went offline", roomCounts("lobby", 2, 1))
+	sb.close()
+	sc.next("lobby 0/2 after bob went offline", roomCounts("lobby", 2, 0))
+
+	// A new room shows up on every page, and its counts follow.
+	b.mustDo("POST", "/api/rooms/new-room/join", nil, http.StatusOK, nil)
+	sc.next("the new room", roomCounts("new-room", 1, 0))
+	b.mustDo("POST", "/api/rooms/new-room/leave", nil, http.StatusNoContent, nil)
+	sc.next("the new room after bob left", roomCounts("new-room", 0, 0))
+}
+
 type roomList struct {
 	Rooms []roomInfo
 }
@@ -215,10 +382,10 @@ func TestRoomsJoinLeaveListMembers(t *testing.T) {
 	a.connect()
 
 	a.mustDo("GET", "/api/rooms", nil, http.StatusOK, &rooms)
-	if got := rooms.get("lobby"); got != (roomInfo{Name: "lobby", Members: 2, Online: 1, Joined: true}) {
+	if got := rooms.get("lobby"); got != (roomInfo{roomCount{Name: "lobby", Members: 2, Online: 1}, true}) {
 		t.Fatalf("lobby = %+v", got)
 	}
-	if got := rooms.get("new-room"); got != (roomInfo{Name: "new-room", Members: 1, Online: 0, Joined: false}) {
+	if got := rooms.get("new-room"); got != (roomInfo{roomCount{Name: "new-room", Members: 1, Online: 0}, false}) {
 		t.Fatalf("new-room = %+v", got)
 	}
 
@@ -386,24 +553,70 @@ func TestAdminKick(t *testing.T) {
 func TestStaticFiles(t *testing.T) {
 	e := newEnv(t)
 	for path, want := range map[string]string{
-		"/":              "text/html",
-		"/app.js":        "text/javascript",
-		"/imclient.js":   "text/javascript",
-		"/imclient.d.ts": "",
-		"/style.css":     "text/css",
+		"/":                             "text/html",
+		"/app.js":                       "text/javascript",
+		"/style.css":                    "text/css",
+		"/favicon.svg":                  "image/svg+xml",
+		"/favicon.ico":                  "image/svg+xml",
+		"/vendor/imclient/imclient.js":  "text/javascript",
+		"/vendor/imclient/package.json": "application/json",
 	} {
-		res, err := http.Get(e.base + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var buf bytes.Buffer
-		_, _ = buf.ReadFrom(res.Body)
-		res.Body.Close()
-		if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), want) || buf.Len() == 0 {
+		res, body := get(t, e.base+path)
+		if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), want) || len(body) == 0 {
 			t.Errorf("%s: %d %q", path, res.StatusCode, res.Header.Get("Content-Type"))
 		}
 		if res.Header.Get("Content-Security-Policy") == "" {
 			t.Errorf("%s: no CSP", path)
 		}
 	}
+}
+
+// The page imports the client by its package name through an inline import
+// map, which the CSP allows by hash and nothing else inline.
+func TestPageImportMapAndCSP(t *testing.T) {
+	e := newEnv(t)
+	res, page := get(t, e.base+"/")
+	m := regexp.MustCompile(`(?s)<script type="importmap">(.*?)</script>`).FindSubmatch(page)
+	if m == nil {
+		t.Fatal("index.html declares no import map")
+	}
+	var importMap struct{ Imports map[string]string }
+	if err := json.Unmarshal(m[1], &importMap); err != nil {
+		t.Fatalf("import map %q: %v", m[1], err)
+	}
+	target := importMap.Imports["imclient"]
+	if r, _ := get(t, e.base+target); target == "" || r.StatusCode != http.StatusOK {
+		t.Fatalf("import map %v: imclient does not resolve to a served file", importMap.Imports)
+	}
+	sum := sha256.Sum256(m[1])
+	csp := res.Header.Get("Content-Security-Policy")
+	if !strings.Contains(csp, "script-src 'self' 'sha256-"+base64.StdEncoding.EncodeToString(sum[:])+"'") {
+		t.Fatalf("CSP %q does not allow the import map by its hash", csp)
+	}
+	if strings.Contains(csp, "unsafe-inline") {
+		t.Fatalf("CSP %q allows inline code", csp)
+	}
+	if !bytes.Contains(page, []byte(`<link rel="icon" href="/favicon.svg" type="image/svg+xml">`)) {
+		t.Fatal("index.html does not link the icon")
+	}
+}
+
+func get(t *testing.T, url string) (*http.Response, []byte) {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	return res, body
+}
+
+func mustParseURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }

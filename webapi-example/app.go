@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,24 +13,34 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 
+	"github.com/imbroker/imbroker/imclient"
 	"github.com/imbroker/imbroker/imhelper"
 )
 
 //go:embed static
 var staticFiles embed.FS
 
+// pageCSP is the Content-Security-Policy of every response.
+var pageCSP = mustPageCSP()
+
 const (
 	sessionCookie = "chat_session"
 	maxBodyBytes  = 16 << 10 // every API body; a chat message is at most 2000 characters
 )
 
-var errNotFound = errors.New("not found")
+var (
+	errNotFound = errors.New("not found")
+	// A request without a session, or with one that ended.
+	errNoSession      = errors.New("sign in first")
+	errSessionExpired = errors.New("session expired; sign in again")
+)
 
 // App is the business service. It owns users, sessions, rooms, history and
 // offline messages; the broker only carries frames.
@@ -56,7 +68,7 @@ func (a *App) Init(ctx context.Context) error {
 // Routes returns the HTTP handler: the JSON API under /api and the page.
 func (a *App) Routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(middleware.Recoverer, securityHeaders, limitBody)
+	r.Use(middleware.Recoverer, securityHeaders(pageCSP), limitBody)
 
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
@@ -65,12 +77,14 @@ func (a *App) Routes() http.Handler {
 		r.Use(noStore)
 		r.Post("/signin", a.signIn)
 		r.Post("/signout", a.signOut)
+		r.Get("/me", a.me)
 		r.Group(func(r chi.Router) {
 			r.Use(a.requireUser)
-			r.Get("/me", a.me)
 			r.Post("/connect", a.connect)
 			r.Get("/online", a.online)
 			r.Post("/messages", a.sendDirect)
+			r.Get("/dms", a.listConversations)
+			r.Get("/dms/{nick}/messages", a.directHistory)
 			r.Get("/rooms", a.listRooms)
 			r.Route("/rooms/{room}", func(r chi.Router) {
 				r.Use(roomParam)
@@ -90,7 +104,15 @@ func (a *App) Routes() http.Handler {
 			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed")
 		})
 	})
+	// The client is served from its package as any Go service can serve it;
+	// the page's import map points the name "imclient" here.
+	r.Handle("/vendor/imclient/*", http.StripPrefix("/vendor/imclient", imclient.Handler()))
 	static, _ := fs.Sub(staticFiles, "static")
+	// Browsers ask for /favicon.ico where a page (or a JSON response opened
+	// in a tab) links none.
+	r.Get("/favicon.ico", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFileFS(w, r, static, "favicon.svg")
+	})
 	r.Handle("/*", http.FileServerFS(static))
 
 	// Cookie sessions need CSRF protection: the cookie is SameSite=Lax and
@@ -107,25 +129,35 @@ type ctxKey struct{}
 
 func currentUser(r *http.Request) user { return r.Context().Value(ctxKey{}).(user) }
 
-// requireUser resolves the session cookie to the signed-in user; the
+// sessionUser resolves the session cookie to the signed-in user: the
 // clientId used with the broker is that user's id, never a browser value.
+// Without a live session it returns errNoSession or errSessionExpired.
+func (a *App) sessionUser(r *http.Request) (user, error) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil || c.Value == "" || len(c.Value) > 64 {
+		return user{}, errNoSession
+	}
+	id, err := a.db.session(r.Context(), c.Value)
+	if errors.Is(err, errNotFound) {
+		return user{}, errSessionExpired
+	}
+	if err != nil {
+		return user{}, err
+	}
+	return a.db.user(r.Context(), id)
+}
+
+func signedOut(err error) bool {
+	return errors.Is(err, errNoSession) || errors.Is(err, errSessionExpired)
+}
+
 func (a *App) requireUser(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := r.Cookie(sessionCookie)
-		if err != nil || c.Value == "" || len(c.Value) > 64 {
-			writeError(w, http.StatusUnauthorized, "signed_out", "sign in first")
+		u, err := a.sessionUser(r)
+		if signedOut(err) {
+			writeError(w, http.StatusUnauthorized, "signed_out", err.Error())
 			return
 		}
-		id, err := a.db.session(r.Context(), c.Value)
-		if errors.Is(err, errNotFound) {
-			writeError(w, http.StatusUnauthorized, "signed_out", "session expired; sign in again")
-			return
-		}
-		if err != nil {
-			a.internalError(w, r, err)
-			return
-		}
-		u, err := a.db.user(r.Context(), id)
 		if err != nil {
 			a.internalError(w, r, err)
 			return
@@ -159,15 +191,35 @@ func roomParam(next http.Handler) http.Handler {
 	})
 }
 
-func securityHeaders(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
-		h.Set("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'")
-		next.ServeHTTP(w, r)
-	})
+func securityHeaders(csp string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h := w.Header()
+			h.Set("X-Content-Type-Options", "nosniff")
+			h.Set("X-Frame-Options", "DENY")
+			h.Set("Referrer-Policy", "no-referrer")
+			h.Set("Content-Security-Policy", csp)
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+var importMapPattern = regexp.MustCompile(`(?s)<script type="importmap">(.*?)</script>`)
+
+// mustPageCSP allows scripts from this origin only, plus the page's one
+// inline script, its import map, by the hash of its text: browsers take
+// import maps only inline, and a hash keeps every other inline script out.
+// index.html is compiled in, so a missing import map is a build mistake
+// that any test run shows.
+func mustPageCSP() string {
+	page, _ := staticFiles.ReadFile("static/index.html")
+	m := importMapPattern.FindSubmatch(page)
+	if m == nil {
+		panic("static/index.html declares no import map")
+	}
+	sum := sha256.Sum256(m[1])
+	return "default-src 'self'; script-src 'self' 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'; " +
+		"connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'"
 }
 
 func noStore(next http.Handler) http.Handler {

@@ -15,12 +15,15 @@ const (
 	staleEvent = 2 * time.Minute
 )
 
-// presenceEvent is broadcast to every page when a user comes or goes.
+// presenceEvent is broadcast to every page when a user comes or goes. It
+// carries the new counts of the user's rooms, whose online numbers moved,
+// as roomsEvent does for joins and leaves.
 type presenceEvent struct {
-	Kind   string `json:"kind"` // "presence"
-	ID     string `json:"id"`
-	Nick   string `json:"nick"`
-	Online bool   `json:"online"`
+	Kind   string      `json:"kind"` // "presence"
+	ID     string      `json:"id"`
+	Nick   string      `json:"nick"`
+	Online bool        `json:"online"`
+	Rooms  []roomCount `json:"rooms,omitempty"`
 }
 
 // ConsumeEvents handles the broker's online/offline events until ctx ends.
@@ -49,7 +52,7 @@ func (a *App) ConsumeEvents(ctx context.Context, consumer string) {
 // handleEvent acts on the client's state now rather than on the event
 // alone, so that events handled late or twice do no harm: a user that came
 // online gets their rooms joined and kept messages delivered, and every page
-// is told the user's current presence.
+// is told the user's current presence and the counts of the user's rooms.
 func (a *App) handleEvent(ctx context.Context, e imhelper.Event) error {
 	if a.now().Sub(e.Time) > staleEvent {
 		return nil
@@ -64,17 +67,21 @@ func (a *App) handleEvent(ctx context.Context, e imhelper.Event) error {
 	if err != nil {
 		return err
 	}
+	rooms, err := a.db.userRooms(ctx, u.ID)
+	if err != nil {
+		return err
+	}
 	if online && e.Type == "online" {
-		rooms, err := a.db.userRooms(ctx, u.ID)
-		if err != nil {
-			return err
-		}
 		if err := a.im.JoinChan(ctx, u.ID, roomChans(rooms)...); err != nil {
 			return err
 		}
 		a.deliverKept(ctx, u)
 	}
-	if _, err := a.im.SendBroadcastMessage(ctx, presenceEvent{Kind: "presence", ID: u.ID, Nick: u.Nick, Online: online}); err != nil {
+	presence := presenceEvent{Kind: "presence", ID: u.ID, Nick: u.Nick, Online: online}
+	if presence.Rooms, err = a.roomCounts(ctx, rooms); err != nil {
+		a.log.Warn("failed to count the rooms of a user whose presence changed", "user", u.ID, "err", err)
+	}
+	if _, err := a.im.SendBroadcastMessage(ctx, presence); err != nil {
 		a.log.Warn("failed to broadcast presence", "user", u.ID, "err", err)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"regexp"
@@ -101,13 +102,40 @@ func (a *App) signOut(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+	clearSessionCookie(w, r)
 	w.WriteHeader(http.StatusNoContent)
 }
 
+func clearSessionCookie(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+}
+
+// meInfo answers GET /api/me.
+type meInfo struct {
+	SignedIn bool   `json:"signedIn"`
+	ID       string `json:"id,omitempty"`
+	Nick     string `json:"nick,omitempty"`
+}
+
+// me tells the page who is signed in. Being signed out is a normal answer
+// here (200, signedIn false), not an error: every page load asks, and a 401
+// would be logged in the browser's console each time. The endpoints that
+// need a user still answer 401.
 func (a *App) me(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, currentUser(r))
+	u, err := a.sessionUser(r)
+	if errors.Is(err, errSessionExpired) {
+		clearSessionCookie(w, r)
+	}
+	if signedOut(err) {
+		writeJSON(w, http.StatusOK, meInfo{})
+		return
+	}
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, meInfo{SignedIn: true, ID: u.ID, Nick: u.Nick})
 }
 
 // connect returns a fresh one-time WebSocket URL. The page calls it before
@@ -148,10 +176,33 @@ func (a *App) online(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"users": users})
 }
 
-// sendDirect sends a private message. An online receiver gets it through the
+// peer resolves the nickname of the other user of a private conversation;
+// it answers the request itself when there is none.
+func (a *App) peer(w http.ResponseWriter, r *http.Request, nick string) (user, bool) {
+	if !validNick(nick) {
+		writeError(w, http.StatusBadRequest, "bad_nick", nickRule)
+		return user{}, false
+	}
+	u, err := a.db.userByNick(r.Context(), nick)
+	if errors.Is(err, errNotFound) {
+		writeError(w, http.StatusNotFound, "no_user", "nobody has signed in as "+nick)
+		return user{}, false
+	} else if err != nil {
+		a.internalError(w, r, err)
+		return user{}, false
+	}
+	if u.ID == currentUser(r).ID {
+		writeError(w, http.StatusBadRequest, "to_self", "you cannot message yourself")
+		return user{}, false
+	}
+	return u, true
+}
+
+// sendDirect sends a private message and keeps it in the conversation's
+// history first, as sendRoom does. An online receiver gets it through the
 // broker at once, and the sender's sockets get a receipt; for an offline
-// receiver the service keeps it and delivers it when the receiver comes
-// online (see handleEvent).
+// receiver the service also keeps it in an inbox and pushes it when the
+// receiver comes online (see handleEvent).
 func (a *App) sendDirect(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		To   string `json:"to"` // nickname
@@ -164,27 +215,19 @@ func (a *App) sendDirect(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !validNick(req.To) {
-		writeError(w, http.StatusBadRequest, "bad_nick", nickRule)
+	to, ok := a.peer(w, r, req.To)
+	if !ok {
 		return
 	}
 	me := currentUser(r)
-	to, err := a.db.userByNick(r.Context(), req.To)
-	if errors.Is(err, errNotFound) {
-		writeError(w, http.StatusNotFound, "no_user", "nobody has signed in as "+req.To)
-		return
-	} else if err != nil {
+	online, err := a.im.HasOnline(r.Context(), to.ID)
+	if err != nil {
 		a.internalError(w, r, err)
 		return
 	}
-	if to.ID == me.ID {
-		writeError(w, http.StatusBadRequest, "to_self", "you cannot message yourself")
-		return
-	}
 	m := directMessage{Kind: "dm", From: me.ID, Nick: me.Nick, To: to.ID, ToNick: to.Nick,
-		Text: text, TS: a.now().UnixMilli()}
-	online, err := a.im.HasOnline(r.Context(), to.ID)
-	if err != nil {
+		Text: text, TS: a.now().UnixMilli(), Offline: !online}
+	if err := a.db.addDirect(r.Context(), &m); err != nil {
 		a.internalError(w, r, err)
 		return
 	}
@@ -205,11 +248,68 @@ func (a *App) sendDirect(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"status": "sent", "id": id, "message": m})
 }
 
-type roomInfo struct {
+// listConversations returns the signed-in user's private conversations,
+// the most recent first (at most 100), for a page that starts empty.
+func (a *App) listConversations(w http.ResponseWriter, r *http.Request) {
+	convs, err := a.db.conversations(r.Context(), currentUser(r).ID)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"conversations": convs})
+}
+
+// directHistory pages backwards through the conversation with {nick}, as
+// roomHistory does through a room, and names the other user. A page also
+// uses it to check a nickname before it opens a conversation.
+func (a *App) directHistory(w http.ResponseWriter, r *http.Request) {
+	before, limit, ok := pageQuery(w, r)
+	if !ok {
+		return
+	}
+	other, ok := a.peer(w, r, chi.URLParam(r, "nick"))
+	if !ok {
+		return
+	}
+	msgs, more, err := a.db.directHistory(r.Context(), currentUser(r).ID, other.ID, before, limit)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"with": other, "messages": msgs, "more": more})
+}
+
+// pageQuery reads ?before=<msgId>&limit=N (default 30, at most 100) of a
+// history request; it answers the request itself when they are invalid.
+func pageQuery(w http.ResponseWriter, r *http.Request) (before string, limit int, ok bool) {
+	q := r.URL.Query()
+	before = q.Get("before")
+	if before != "" && !msgIDPattern.MatchString(before) {
+		writeError(w, http.StatusBadRequest, "bad_before", "before must be a message id")
+		return "", 0, false
+	}
+	limit = 30
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > historyMaxGet {
+			writeError(w, http.StatusBadRequest, "bad_limit", "limit must be 1-100")
+			return "", 0, false
+		}
+		limit = n
+	}
+	return before, limit, true
+}
+
+// roomCount is what the room list shows of a room.
+type roomCount struct {
 	Name    string `json:"name"`
 	Members int64  `json:"members"`
 	Online  int    `json:"online"` // members with an open socket
-	Joined  bool   `json:"joined"`
+}
+
+type roomInfo struct {
+	roomCount
+	Joined bool `json:"joined"`
 }
 
 func (a *App) listRooms(w http.ResponseWriter, r *http.Request) {
@@ -240,7 +340,7 @@ func (a *App) listRooms(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]roomInfo, len(names))
 	for i, n := range names {
-		out[i] = roomInfo{Name: n, Members: counts[i], Online: online[chanPrefix+n], Joined: slices.Contains(mine, n)}
+		out[i] = roomInfo{roomCount{Name: n, Members: counts[i], Online: online[chanPrefix+n]}, slices.Contains(mine, n)}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"rooms": out})
 }
@@ -281,6 +381,7 @@ func (a *App) joinRoom(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.announce(r, room, memberEvent{Kind: "member", Room: room, ID: u.ID, Nick: u.Nick, Joined: true})
+	a.broadcastCounts(ctx, room)
 	writeJSON(w, http.StatusOK, map[string]string{"room": room})
 }
 
@@ -295,6 +396,7 @@ func (a *App) leaveRoom(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.announce(r, room, memberEvent{Kind: "member", Room: room, ID: u.ID, Nick: u.Nick, Joined: false})
+	a.broadcastCounts(ctx, room)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -303,6 +405,48 @@ func (a *App) leaveRoom(w http.ResponseWriter, r *http.Request) {
 func (a *App) announce(r *http.Request, room string, payload any) {
 	if _, err := a.im.SendChanMessage(r.Context(), currentUser(r).ID, chanPrefix+room, payload); err != nil {
 		a.log.Warn("failed to announce a room event", "room", room, "err", err)
+	}
+}
+
+// roomsEvent tells every page the new counts of rooms, including the pages
+// of users who did not join them: a room's own channel reaches only its
+// members.
+type roomsEvent struct {
+	Kind  string      `json:"kind"` // "rooms"
+	Rooms []roomCount `json:"rooms"`
+}
+
+// roomCounts reads the counts of rooms as the room list shows them.
+func (a *App) roomCounts(ctx context.Context, rooms []string) ([]roomCount, error) {
+	members, err := a.db.memberCounts(ctx, rooms)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]roomCount, len(rooms))
+	for i, room := range rooms {
+		online, err := a.im.GetChanOnline(ctx, chanPrefix+room)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = roomCount{Name: room, Members: members[i], Online: online}
+	}
+	return out, nil
+}
+
+// broadcastCounts sends a room's counts after a join or leave. The counts
+// travel in the frame, so no page has to ask the API for them: one
+// broadcast per change, rather than one request per open page per change
+// (reloading the room list on an event) or per page per interval (polling).
+// Like announce, a failure only leaves counts stale until the next reload,
+// and so do two changes to one room in the same instant, whose counts may
+// arrive in either order; pages reload the room list on every reconnect.
+func (a *App) broadcastCounts(ctx context.Context, room string) {
+	counts, err := a.roomCounts(ctx, []string{room})
+	if err == nil {
+		_, err = a.im.SendBroadcastMessage(ctx, roomsEvent{Kind: "rooms", Rooms: counts})
+	}
+	if err != nil {
+		a.log.Warn("failed to broadcast room counts", "room", room, "err", err)
 	}
 }
 
@@ -356,22 +500,8 @@ func (a *App) requireMember(w http.ResponseWriter, r *http.Request) bool {
 // roomHistory pages backwards: ?before=<msgId>&limit=N returns up to N
 // messages older than msgId, oldest first, and whether there are more.
 func (a *App) roomHistory(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	before := q.Get("before")
-	if before != "" && !msgIDPattern.MatchString(before) {
-		writeError(w, http.StatusBadRequest, "bad_before", "before must be a message id")
-		return
-	}
-	limit := 30
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > historyMaxGet {
-			writeError(w, http.StatusBadRequest, "bad_limit", "limit must be 1-100")
-			return
-		}
-		limit = n
-	}
-	if !a.requireMember(w, r) {
+	before, limit, ok := pageQuery(w, r)
+	if !ok || !a.requireMember(w, r) {
 		return
 	}
 	msgs, more, err := a.db.history(r.Context(), chi.URLParam(r, "room"), before, limit)

@@ -1,5 +1,6 @@
 // Command webapi-example is a small chat product built on imhelper: a go-chi
-// business API, a browser page and a reusable JS client.
+// business API and a browser page that uses the JS client package
+// (imclient/ in the repository).
 //
 // With no configuration it starts a whole single-machine system in one
 // process: an embedded Redis-protocol server (miniredis), one imserver node

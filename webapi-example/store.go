@@ -25,16 +25,22 @@ import (
 //	chat:room:<r>:seq           STRING counter of message ids
 //	chat:room:<r>:hist          ZSET message ids, all score 0 (ids sort in order)
 //	chat:room:<r>:msg           HASH message id -> roomMessage JSON
+//	chat:dm:<a>:<b>:seq         the same three keys for the private conversation
+//	chat:dm:<a>:<b>:hist        of users a and b (a < b), with directMessage
+//	chat:dm:<a>:<b>:msg         JSON
+//	chat:user:<id>:dms          ZSET the other user of each private conversation,
+//	                            scored by its last message's time (unix ms)
 //	chat:inbox:<id>             LIST of directMessage JSON kept for an offline user
 const (
-	keyPrefix     = "chat:"
-	sessionTTL    = 7 * 24 * time.Hour
-	historyCap    = 1000 // messages kept per room
-	inboxCap      = 200  // offline messages kept per user
-	recallWindow  = 2 * time.Minute
-	defaultRooms  = "lobby,random"
-	chanPrefix    = "room." // broker channel of a room
-	historyMaxGet = 100
+	keyPrefix       = "chat:"
+	sessionTTL      = 7 * 24 * time.Hour
+	historyCap      = 1000 // messages kept per room or private conversation
+	conversationCap = 100  // private conversations listed per user, newest first
+	inboxCap        = 200  // offline messages kept per user
+	recallWindow    = 2 * time.Minute
+	defaultRooms    = "lobby,random"
+	chanPrefix      = "room." // broker channel of a room
+	historyMaxGet   = 100
 )
 
 type user struct {
@@ -54,17 +60,19 @@ type roomMessage struct {
 	TS    int64  `json:"ts"` // unix ms
 }
 
-// directMessage is the payload of a private message, and what the inbox
-// keeps for an offline receiver.
+// directMessage is the payload of a private message, what its
+// conversation's history keeps, and what the inbox keeps for an offline
+// receiver.
 type directMessage struct {
-	Kind    string `json:"kind"` // "dm"
+	Kind    string `json:"kind"`  // "dm"
+	MsgID   string `json:"msgId"` // in the conversation's history
 	From    string `json:"from"`
 	Nick    string `json:"nick"`
 	To      string `json:"to"`
 	ToNick  string `json:"toNick"`
 	Text    string `json:"text"`
 	TS      int64  `json:"ts"`
-	Offline bool   `json:"offline,omitempty"` // kept while the receiver was offline
+	Offline bool   `json:"offline,omitempty"` // sent while the receiver was offline
 }
 
 type store struct{ rc rueidis.Client }
@@ -225,23 +233,38 @@ func (s store) leave(ctx context.Context, room, id string) error {
 		s.b().Srem().Key(keyPrefix+"user:"+id+":rooms").Member(room).Build()))
 }
 
-// newMessageID returns the room's next message id: a per-room counter,
-// zero-padded so that ids sort as strings in the order they were issued,
+// A timeline is a capped message history that pages backwards: a room's or
+// a private conversation's. Message ids come from a per-timeline counter,
+// zero-padded so that they sort as strings in the order they were issued,
 // even within one millisecond.
-func (s store) newMessageID(ctx context.Context, room string) (string, error) {
-	n, err := s.do(ctx, s.b().Incr().Key(roomKey(room, "seq")).Build()).AsInt64()
+type timeline struct{ seq, ids, msgs string }
+
+func roomTimeline(room string) timeline {
+	return timeline{seq: roomKey(room, "seq"), ids: roomKey(room, "hist"), msgs: roomKey(room, "msg")}
+}
+
+// dmTimeline is the conversation of two users, the same whichever sends.
+func dmTimeline(a, b string) timeline {
+	if b < a {
+		a, b = b, a
+	}
+	p := keyPrefix + "dm:" + a + ":" + b + ":"
+	return timeline{seq: p + "seq", ids: p + "hist", msgs: p + "msg"}
+}
+
+func (s store) nextID(ctx context.Context, tl timeline) (string, error) {
+	n, err := s.do(ctx, s.b().Incr().Key(tl.seq).Build()).AsInt64()
 	return fmt.Sprintf("%016d", n), err
 }
 
-// addMessage appends m to its room's history and drops the oldest messages
-// beyond historyCap.
-func (s store) addMessage(ctx context.Context, m roomMessage) error {
-	b, _ := json.Marshal(m)
-	hist, msgs := roomKey(m.Room, "hist"), roomKey(m.Room, "msg")
+// add appends message id (v as JSON) and drops the oldest messages beyond
+// historyCap.
+func (s store) add(ctx context.Context, tl timeline, id string, v any) error {
+	b, _ := json.Marshal(v)
 	res := s.rc.DoMulti(ctx,
-		s.b().Hset().Key(msgs).FieldValue().FieldValue(m.MsgID, string(b)).Build(),
-		s.b().Zadd().Key(hist).ScoreMember().ScoreMember(0, m.MsgID).Build(),
-		s.b().Zcard().Key(hist).Build())
+		s.b().Hset().Key(tl.msgs).FieldValue().FieldValue(id, string(b)).Build(),
+		s.b().Zadd().Key(tl.ids).ScoreMember().ScoreMember(0, id).Build(),
+		s.b().Zcard().Key(tl.ids).Build())
 	if err := firstErr(res); err != nil {
 		return err
 	}
@@ -249,7 +272,7 @@ func (s store) addMessage(ctx context.Context, m roomMessage) error {
 	if n <= historyCap {
 		return nil
 	}
-	dropped, err := s.do(ctx, s.b().Zpopmin().Key(hist).Count(n-historyCap).Build()).AsZScores()
+	dropped, err := s.do(ctx, s.b().Zpopmin().Key(tl.ids).Count(n-historyCap).Build()).AsZScores()
 	if err != nil || len(dropped) == 0 {
 		return err
 	}
@@ -257,17 +280,17 @@ func (s store) addMessage(ctx context.Context, m roomMessage) error {
 	for i, z := range dropped {
 		ids[i] = z.Member
 	}
-	return s.do(ctx, s.b().Hdel().Key(msgs).Field(ids...).Build()).Error()
+	return s.do(ctx, s.b().Hdel().Key(tl.msgs).Field(ids...).Build()).Error()
 }
 
-// history returns up to limit messages older than before (all if empty),
+// page returns up to limit messages older than before (all if empty),
 // oldest first, and whether there are older ones.
-func (s store) history(ctx context.Context, room, before string, limit int) ([]roomMessage, bool, error) {
+func page[M any](ctx context.Context, s store, tl timeline, before string, limit int) ([]M, bool, error) {
 	max := "+"
 	if before != "" {
 		max = "(" + before
 	}
-	ids, err := s.do(ctx, s.b().Zrevrangebylex().Key(roomKey(room, "hist")).Max(max).Min("-").
+	ids, err := s.do(ctx, s.b().Zrevrangebylex().Key(tl.ids).Max(max).Min("-").
 		Limit(0, int64(limit+1)).Build()).AsStrSlice()
 	if err != nil {
 		return nil, false, err
@@ -276,17 +299,17 @@ func (s store) history(ctx context.Context, room, before string, limit int) ([]r
 	if more {
 		ids = ids[:limit]
 	}
-	out := []roomMessage{}
+	out := []M{}
 	if len(ids) == 0 {
 		return out, false, nil
 	}
-	vals, err := s.do(ctx, s.b().Hmget().Key(roomKey(room, "msg")).Field(ids...).Build()).ToArray()
+	vals, err := s.do(ctx, s.b().Hmget().Key(tl.msgs).Field(ids...).Build()).ToArray()
 	if err != nil {
 		return nil, false, err
 	}
 	for i := len(vals) - 1; i >= 0; i-- {
 		str, err := vals[i].ToString()
-		var m roomMessage
+		var m M
 		if err != nil || json.Unmarshal([]byte(str), &m) != nil {
 			continue // recalled meanwhile
 		}
@@ -295,9 +318,21 @@ func (s store) history(ctx context.Context, room, before string, limit int) ([]r
 	return out, more, nil
 }
 
+func (s store) newMessageID(ctx context.Context, room string) (string, error) {
+	return s.nextID(ctx, roomTimeline(room))
+}
+
+func (s store) addMessage(ctx context.Context, m roomMessage) error {
+	return s.add(ctx, roomTimeline(m.Room), m.MsgID, m)
+}
+
+func (s store) history(ctx context.Context, room, before string, limit int) ([]roomMessage, bool, error) {
+	return page[roomMessage](ctx, s, roomTimeline(room), before, limit)
+}
+
 func (s store) message(ctx context.Context, room, msgID string) (roomMessage, error) {
 	var m roomMessage
-	str, err := s.do(ctx, s.b().Hget().Key(roomKey(room, "msg")).Field(msgID).Build()).ToString()
+	str, err := s.do(ctx, s.b().Hget().Key(roomTimeline(room).msgs).Field(msgID).Build()).ToString()
 	if rueidis.IsRedisNil(err) {
 		return m, errNotFound
 	}
@@ -310,14 +345,77 @@ func (s store) message(ctx context.Context, room, msgID string) (roomMessage, er
 // removeMessage deletes a message and reports whether it was there, so that
 // two recalls of one message do not both succeed.
 func (s store) removeMessage(ctx context.Context, room, msgID string) (bool, error) {
+	tl := roomTimeline(room)
 	res := s.rc.DoMulti(ctx,
-		s.b().Zrem().Key(roomKey(room, "hist")).Member(msgID).Build(),
-		s.b().Hdel().Key(roomKey(room, "msg")).Field(msgID).Build())
+		s.b().Zrem().Key(tl.ids).Member(msgID).Build(),
+		s.b().Hdel().Key(tl.msgs).Field(msgID).Build())
 	if err := firstErr(res); err != nil {
 		return false, err
 	}
 	n, _ := res[0].AsInt64()
 	return n > 0, nil
+}
+
+// addDirect gives m its id in the conversation of m.From and m.To, keeps it
+// in that history and moves the conversation to the top of both users'
+// lists.
+func (s store) addDirect(ctx context.Context, m *directMessage) error {
+	tl := dmTimeline(m.From, m.To)
+	id, err := s.nextID(ctx, tl)
+	if err != nil {
+		return err
+	}
+	m.MsgID = id
+	if err := s.add(ctx, tl, id, m); err != nil {
+		return err
+	}
+	var cmds rueidis.Commands
+	for _, pair := range [][2]string{{m.From, m.To}, {m.To, m.From}} {
+		key := keyPrefix + "user:" + pair[0] + ":dms"
+		cmds = append(cmds,
+			s.b().Zadd().Key(key).ScoreMember().ScoreMember(float64(m.TS), pair[1]).Build(),
+			s.b().Zremrangebyrank().Key(key).Start(0).Stop(-conversationCap-1).Build())
+	}
+	return firstErr(s.rc.DoMulti(ctx, cmds...))
+}
+
+func (s store) directHistory(ctx context.Context, a, b, before string, limit int) ([]directMessage, bool, error) {
+	return page[directMessage](ctx, s, dmTimeline(a, b), before, limit)
+}
+
+// conversation is one entry of a user's private conversations.
+type conversation struct {
+	ID     string `json:"id"` // the other user
+	Nick   string `json:"nick"`
+	LastTS int64  `json:"lastTs"` // the last message's time, unix ms
+}
+
+// conversations returns id's private conversations, newest first.
+func (s store) conversations(ctx context.Context, id string) ([]conversation, error) {
+	zs, err := s.do(ctx, s.b().Zrevrange().Key(keyPrefix+"user:"+id+":dms").Start(0).Stop(-1).
+		Withscores().Build()).AsZScores()
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(zs))
+	for i, z := range zs {
+		ids[i] = z.Member
+	}
+	users, err := s.users(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	nicks := make(map[string]string, len(users))
+	for _, u := range users {
+		nicks[u.ID] = u.Nick
+	}
+	out := make([]conversation, 0, len(zs))
+	for _, z := range zs {
+		if nick, ok := nicks[z.Member]; ok {
+			out = append(out, conversation{ID: z.Member, Nick: nick, LastTS: int64(z.Score)})
+		}
+	}
+	return out, nil
 }
 
 // keepOffline appends a private message to the receiver's inbox; the oldest

@@ -26,18 +26,37 @@ const browser = await chromium.launch({
 });
 const pageErrors = [];
 
-async function newPage(name) {
+// newPage opens a page in a browser context of its own (its own cookies).
+// Console errors fail the test, except the ones a chat page causes on
+// purpose: WebSocket errors while the node restarts and failed requests the
+// page answers with a notice (a private message to an unknown nickname).
+// strict keeps those too, for a page that must log nothing at all.
+async function newPage(name, { strict = false } = {}) {
   const context = await browser.newContext({ viewport: { width: 1200, height: 720 } });
+  // Chromium logs CSP refusals itself; the event also catches the ones it
+  // reports only to the page.
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) =>
+      console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline code'}`),
+    );
+  });
   const page = await context.newPage();
   page.setDefaultTimeout(15000);
   page.on('pageerror', (err) => pageErrors.push(`${name}: ${err.message}`));
   page.on('console', (msg) => {
-    if (msg.type() === 'error' && !/Failed to load resource|WebSocket connection/.test(msg.text())) {
+    if (msg.type() === 'error' && (strict || !/Failed to load resource|WebSocket connection/.test(msg.text()))) {
       pageErrors.push(`${name} console: ${msg.text()}`);
     }
   });
+  if (strict) {
+    page.on('response', (res) => {
+      if (res.status() >= 400) pageErrors.push(`${name}: ${res.status()} from ${res.request().method()} ${res.url()}`);
+    });
+  }
   return page;
 }
+
+const roomCount = (page, room, text) => page.waitForSelector(`#rooms li[data-room=${room}] .count:text-is("${text}")`);
 
 async function signIn(page, nick) {
   await page.goto(BASE_URL);
@@ -56,16 +75,35 @@ const seeMessage = (page, text) => page.waitForSelector(`#message-list .msg .tex
 const connects = (page) => page.evaluate(() => Number(document.body.dataset.connects || 0));
 
 try {
+  step('a signed-out visit logs nothing, imports the client through the import map, has an icon');
+  const visitor = await newPage('visitor', { strict: true });
+  await visitor.goto(BASE_URL);
+  // The sign-in form shows once app.js ran, and app.js imports "imclient"
+  // by name: the import map (allowed by its CSP hash) resolved it.
+  await visitor.waitForSelector('#signin-form', { state: 'visible' });
+  await visitor.waitForLoadState('networkidle');
+  for (const path of [await visitor.$eval('link[rel=icon]', (l) => l.getAttribute('href')), '/favicon.ico']) {
+    const icon = await visitor.request.get(new URL(path, BASE_URL).href);
+    if (icon.status() !== 200 || !icon.headers()['content-type'].startsWith('image/svg+xml')) {
+      throw new Error(`icon ${path}: ${icon.status()} ${icon.headers()['content-type']}`);
+    }
+  }
+  if (pageErrors.length) throw new Error('errors on a signed-out page load:\n' + pageErrors.join('\n'));
+  await visitor.context().close();
+
   const alice = await newPage('alice');
   const bob = await newPage('bob');
 
-  step('two users sign in and join the lobby');
+  step('two users sign in; a room alice joins shows her on the page of bob, who did not join it');
   await signIn(alice, 'alice');
   await signIn(bob, 'bob');
-  for (const page of [alice, bob]) {
-    await page.click('#rooms li[data-room=lobby] button.join');
-    await page.waitForSelector('#conv-title:text-is("# lobby")');
-  }
+  await roomCount(bob, 'lobby', '0/0');
+  await alice.click('#rooms li[data-room=lobby] button.join');
+  await alice.waitForSelector('#conv-title:text-is("# lobby")');
+  await roomCount(bob, 'lobby', '1/1'); // online/members
+  await bob.click('#rooms li[data-room=lobby] button.join');
+  await bob.waitForSelector('#conv-title:text-is("# lobby")');
+  await roomCount(alice, 'lobby', '2/2');
   await alice.waitForSelector('#online li[data-nick=bob]');
 
   step('they exchange messages in the room');
@@ -74,10 +112,18 @@ try {
   await say(bob, 'hi alice, bob here');
   await seeMessage(alice, 'hi alice, bob here');
 
+  step('a private message to an unknown nickname opens nothing and says why');
+  await alice.fill('#dm-form input[name=nick]', 'nobody');
+  await alice.click('#dm-form button');
+  await alice.waitForSelector('#notice:text-is("nobody has signed in as nobody")');
+  if (await alice.$('#dms li')) throw new Error('a conversation with "nobody" was added');
+  if ((await alice.textContent('#conv-title')) !== '# lobby') throw new Error('the open conversation changed');
+
   step('a private message to an offline user arrives after sign-in');
   await bob.click('#signout');
   await bob.waitForSelector('#signin-form');
   await alice.waitForSelector('#online li[data-nick=bob]', { state: 'detached' });
+  await roomCount(alice, 'lobby', '1/2'); // bob's presence moved the online count
   await alice.fill('#dm-form input[name=nick]', 'bob');
   await alice.click('#dm-form button');
   await alice.waitForSelector('#conv-title:text-is("@ bob")');
@@ -95,6 +141,15 @@ try {
   await alice.click('#dms li[data-nick=bob] button');
   await seeMessage(alice, 'got it, thanks');
 
+  step('private messages are still there after a reload');
+  await alice.reload();
+  await alice.waitForSelector('#conn[data-state=open]');
+  await alice.click('#dms li[data-nick=bob] button');
+  await seeMessage(alice, 'got it, thanks');
+  await alice.waitForSelector(
+    '#message-list .msg.mine:has(.text:text-is("psst, read this when you are back")) .status:text-is("sent while bob was offline")',
+  );
+
   step('recall removes the message on the other page');
   await alice.click('#rooms li[data-room=lobby] button.open');
   await bob.click('#rooms li[data-room=lobby] button.open');
@@ -108,6 +163,7 @@ try {
   step('room history scrolls back in pages');
   await alice.click('#rooms li[data-room=random] button.join');
   await alice.waitForSelector('#conv-title:text-is("# random")');
+  await roomCount(bob, 'random', '1/1');
   await alice.evaluate(async () => {
     for (let i = 1; i <= 40; i++) {
       const res = await fetch('/api/rooms/random/messages', {
@@ -156,6 +212,11 @@ try {
   await bob.waitForSelector('#kicked', { state: 'visible' });
   await bob.waitForSelector('#conn[data-state=kicked]');
   await alice.waitForSelector('#online li[data-nick=bob]', { state: 'detached' });
+  // Both Members panes show bob offline, his own too, which no presence
+  // broadcast reaches any more.
+  for (const page of [alice, bob]) await page.waitForSelector('#members li[data-nick=bob] .dot:not(.on)');
+  await bob.waitForSelector('#online li[data-nick=bob]', { state: 'detached' });
+  await roomCount(alice, 'lobby', '1/2');
   // Absence can only be watched for a while: the client would reconnect
   // within its first backoff step (at most 0.5 s) if it were going to.
   await bob.waitForTimeout(1500);
@@ -164,6 +225,10 @@ try {
 
   if (pageErrors.length) throw new Error('errors in the pages:\n' + pageErrors.join('\n'));
   step('all passed');
+} catch (err) {
+  // A wait that timed out often has its cause in a page's console.
+  if (pageErrors.length) console.error('errors in the pages so far:\n' + pageErrors.join('\n'));
+  throw err;
 } finally {
   await browser.close();
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the browser test (webapi-example/e2e_test.go) needs on a
-# fresh Debian machine: Chromium from Debian packages, Node.js and npm, and
-# the locked npm packages (playwright-core). It never downloads a browser.
+# Installs what the browser test (webapi-example/e2e_test.go) and the tests
+# of the imclient package (imclient/imclient_test.go) need on a fresh Debian
+# machine: Chromium from Debian packages, Node.js and npm, and the locked npm
+# packages (playwright-core). It never downloads a browser.
 # playwright-core is pinned to a release that still runs on Debian 12's
 # Node.js 18.
 set -euo pipefail

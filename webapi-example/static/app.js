@@ -1,6 +1,8 @@
 // The chat page. Every user action is a call to the business API; the
-// WebSocket (through IMClient) only brings frames in.
-import { IMClient } from '/imclient.js';
+// WebSocket (through IMClient) only brings frames in. "imclient" is the
+// client package (imclient/ in the repository), mapped to the copy this
+// service serves by the import map in index.html.
+import { IMClient } from 'imclient';
 
 const $ = (sel) => document.querySelector(sel);
 const RECALL_WINDOW_MS = 2 * 60 * 1000;
@@ -11,12 +13,14 @@ const app = {
   client: null,
   rooms: [], // from /api/rooms
   online: new Map(), // user id -> nick
+  members: [], // of the open room: {id, nick, online}
   convs: new Map(), // key -> conversation
   active: null, // key of the open conversation
 };
 
 // A conversation is a room ("room:<name>") or a private chat with one person
-// ("dm:<lower-case nick>"). items maps message id -> message.
+// ("dm:<lower-case nick>"). items maps message id (the msgId of the room's or
+// the conversation's history) -> message.
 function conv(key, kind, name) {
   if (!app.convs.has(key)) {
     app.convs.set(key, { key, kind, name, items: new Map(), more: false, loaded: false, unread: 0 });
@@ -50,13 +54,19 @@ function notice(text) {
 // ---- sign-in ----
 
 async function boot() {
+  let me;
   try {
-    app.me = await api('GET', '/api/me');
+    me = await api('GET', '/api/me');
   } catch (err) {
-    if (err.status !== 401) notice(err.message);
+    $('#signin-error').textContent = err.message;
     showSignIn();
     return;
   }
+  if (!me.signedIn) {
+    showSignIn();
+    return;
+  }
+  app.me = { id: me.id, nick: me.nick };
   startChat();
 }
 
@@ -140,16 +150,20 @@ function startChat() {
   setInterval(render, 30 * 1000); // hides recall buttons that expired
 }
 
+// A kicked page is offline for certain (every socket of the user was
+// closed) and hears no presence broadcasts any more, not even its own: it
+// marks itself offline.
 function showKicked() {
   $('#kicked').hidden = false;
   setComposerEnabled(false);
+  setPresence(app.me.id, app.me.nick, false);
 }
 
 async function refresh() {
   try {
-    await Promise.all([loadRooms(), loadOnline()]);
+    await Promise.all([loadRooms(), loadOnline(), loadConversations()]);
     const c = app.convs.get(app.active);
-    if (c?.kind === 'room') await Promise.all([loadLatest(c), loadMembers(c.name)]);
+    if (c) await Promise.all([loadLatest(c), c.kind === 'room' ? loadMembers(c.name) : null]);
   } catch (err) {
     notice(err.message);
   }
@@ -167,7 +181,9 @@ function onChannelFrame(f) {
     roomConv(room).items.delete(d.msgId);
     render();
   } else if (d.kind === 'member') {
-    loadRooms().catch(() => {});
+    // The counts come in a broadcast (onBroadcast); the room list is
+    // reloaded only when this user joined in another tab.
+    if (d.id === app.me.id) loadRooms().catch(() => {});
     if (app.active === 'room:' + room) loadMembers(room).catch(() => {});
   }
 }
@@ -177,49 +193,81 @@ function onMessageFrame(f) {
   if (d?.kind !== 'dm') return;
   const mine = f.from === app.me.id; // the echo of our own message from another tab
   const c = dmConv(mine ? d.toNick : d.nick);
-  if (c.items.has(f.id)) return;
-  c.items.set(f.id, {
-    id: f.id, nick: d.nick, text: d.text, ts: d.ts, mine,
-    status: mine ? 'sent' : d.offline ? 'sent while you were offline' : '',
+  const id = d.msgId ?? f.id;
+  if (c.items.has(id)) return;
+  c.items.set(id, {
+    ...directItem(d, mine ? 'sent' : d.offline ? 'sent while you were offline' : ''),
+    id,
+    brokerId: f.id,
   });
   bump(c);
 }
 
+// directItem is a private message as the page shows it; status is what is
+// known of its delivery.
+function directItem(m, status) {
+  return { id: m.msgId, nick: m.nick, text: m.text, ts: m.ts, mine: m.from === app.me.id, status };
+}
+
+// A history page says only whether the receiver was offline when it was sent.
+function historyStatus(m) {
+  if (!m.offline) return '';
+  return m.from === app.me.id ? `sent while ${m.toNick} was offline` : 'sent while you were offline';
+}
+
+// Receipts name the broker's message id, which the page keeps on the items
+// it sent or saw pushed.
 function onReceipt(r) {
   for (const c of app.convs.values()) {
-    const item = c.kind === 'dm' && c.items.get(r.id);
-    if (item) {
-      item.status = r.status === 'delivered' ? 'delivered' : 'not delivered (went offline)';
-      render();
-      return;
+    if (c.kind !== 'dm') continue;
+    for (const item of c.items.values()) {
+      if (item.brokerId === r.id) {
+        item.status = r.status === 'delivered' ? 'delivered' : 'not delivered (went offline)';
+        render();
+        return;
+      }
     }
   }
 }
 
+// Broadcasts carry presence and room counts. The counts come in the frame,
+// so a change costs the service one broadcast and the pages no request:
+// reloading the room list on each event would cost one request per open
+// page per change, polling one per page per interval even when idle.
 function onBroadcast(f) {
   const d = f.data;
-  if (d?.kind !== 'presence') return;
-  if (d.online) app.online.set(d.id, d.nick);
-  else app.online.delete(d.id);
-  renderOnline();
-  reloadCountsSoon();
+  if (d?.kind === 'presence') setPresence(d.id, d.nick, d.online);
+  if (d?.kind === 'presence' || d?.kind === 'rooms') applyRoomCounts(d.rooms ?? []);
 }
 
-// Presence changes move the rooms' online counts and the member dots. A
-// burst of changes (a node restarting) causes one reload, not one each.
-let countsTimer = null;
-function reloadCountsSoon() {
-  clearTimeout(countsTimer);
-  countsTimer = setTimeout(() => {
-    loadRooms().catch(() => {});
-    const c = app.convs.get(app.active);
-    if (c?.kind === 'room') loadMembers(c.name).catch(() => {});
-  }, 300);
+function setPresence(id, nick, online) {
+  if (online) app.online.set(id, nick);
+  else app.online.delete(id);
+  renderOnline();
+  const m = app.members.find((m) => m.id === id);
+  if (m) {
+    m.online = online;
+    renderMembers();
+  }
 }
+
+// applyRoomCounts updates the room list from the service's counts; a room
+// this page has not seen yet (just created) is added.
+function applyRoomCounts(counts) {
+  for (const { name, members, online } of counts) {
+    const r = app.rooms.find((r) => r.name === name);
+    if (r) Object.assign(r, { members, online });
+    else app.rooms.push({ name, members, online, joined: false });
+  }
+  app.rooms.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  renderRooms();
+}
+
+const roomItem = (m) => ({ id: m.msgId, from: m.from, nick: m.nick, text: m.text, ts: m.ts, mine: m.from === app.me.id });
 
 function addRoomMessage(c, m) {
   if (c.items.has(m.msgId)) return;
-  c.items.set(m.msgId, { id: m.msgId, from: m.from, nick: m.nick, text: m.text, ts: m.ts, mine: m.from === app.me.id });
+  c.items.set(m.msgId, roomItem(m));
   bump(c);
 }
 
@@ -245,30 +293,46 @@ async function loadOnline() {
 async function loadMembers(room) {
   const { members } = await api('GET', `/api/rooms/${room}/members`);
   if (app.active !== 'room:' + room) return;
-  const ul = $('#members');
-  ul.replaceChildren(
-    ...members.map((m) => {
-      const li = el('li', { class: 'person', 'data-nick': m.nick }, [
-        el('span', { class: m.online ? 'dot on' : 'dot' }),
-        el('span', {}, [m.nick + (m.id === app.me.id ? ' (you)' : '')]),
-      ]);
-      return li;
-    }),
-  );
+  app.members = members;
+  renderMembers();
+}
+
+// loadConversations lists the private conversations kept by the service,
+// so that a new session (another browser, a reload) shows them too. Their
+// messages load when one is opened.
+async function loadConversations() {
+  const { conversations } = await api('GET', '/api/dms');
+  for (const { nick } of conversations) dmConv(nick);
+  renderDMs();
+}
+
+const dmHistoryPath = (nick) => `/api/dms/${encodeURIComponent(nick)}/messages`;
+
+// addDirectPage merges a page of a private conversation's history. Items
+// already shown keep their status: a live receipt knows more than history.
+function addDirectPage(c, res) {
+  for (const m of res.messages) {
+    if (!c.items.has(m.msgId)) c.items.set(m.msgId, directItem(m, historyStatus(m)));
+  }
+  if (!c.loaded) c.more = res.more; // later pages are older ones: loadOlder sets it
+  c.loaded = true;
 }
 
 // loadLatest fetches the newest page and reconciles it with what is shown:
 // messages recalled while the socket was down disappear.
 async function loadLatest(c) {
+  if (c.kind === 'dm') {
+    addDirectPage(c, await api('GET', `${dmHistoryPath(c.name)}?limit=${PAGE}`));
+    render({ toBottom: true });
+    return;
+  }
   const res = await api('GET', `/api/rooms/${c.name}/messages?limit=${PAGE}`);
   const ids = new Set(res.messages.map((m) => m.msgId));
   const oldest = res.messages[0]?.msgId ?? '';
   for (const id of [...c.items.keys()]) {
     if (id >= oldest && !ids.has(id)) c.items.delete(id);
   }
-  for (const m of res.messages) {
-    c.items.set(m.msgId, { id: m.msgId, from: m.from, nick: m.nick, text: m.text, ts: m.ts, mine: m.from === app.me.id });
-  }
+  for (const m of res.messages) c.items.set(m.msgId, roomItem(m));
   if (!c.loaded) c.more = res.more;
   c.loaded = true;
   render({ toBottom: true });
@@ -277,14 +341,14 @@ async function loadLatest(c) {
 let loadingOlder = false;
 async function loadOlder() {
   const c = app.convs.get(app.active);
-  if (!c || c.kind !== 'room' || !c.more || loadingOlder) return;
+  if (!c || !c.more || loadingOlder) return;
   loadingOlder = true;
   try {
     const oldest = [...c.items.keys()].sort()[0];
-    const res = await api('GET', `/api/rooms/${c.name}/messages?limit=${PAGE}&before=${oldest}`);
-    for (const m of res.messages) {
-      c.items.set(m.msgId, { id: m.msgId, from: m.from, nick: m.nick, text: m.text, ts: m.ts, mine: m.from === app.me.id });
-    }
+    const path = c.kind === 'room' ? `/api/rooms/${c.name}/messages` : dmHistoryPath(c.name);
+    const res = await api('GET', `${path}?limit=${PAGE}&before=${oldest}`);
+    if (c.kind === 'dm') addDirectPage(c, res);
+    else for (const m of res.messages) c.items.set(m.msgId, roomItem(m));
     c.more = res.more;
     const box = $('#messages');
     const fromBottom = box.scrollHeight - box.scrollTop;
@@ -304,19 +368,20 @@ $('#older').addEventListener('click', loadOlder);
 
 // ---- actions ----
 
-async function openConv(c) {
+// openConv shows a conversation and loads its newest messages (and a
+// room's members), unless the caller just loaded them.
+async function openConv(c, { loaded = false } = {}) {
   app.active = c.key;
   c.unread = 0;
   notice('');
-  $('#members').replaceChildren();
+  app.members = [];
+  renderMembers();
   render({ toBottom: true });
   setComposerEnabled(app.client.state !== 'kicked');
-  if (c.kind === 'room') {
-    try {
-      await Promise.all([loadLatest(c), loadMembers(c.name)]);
-    } catch (err) {
-      notice(err.message);
-    }
+  try {
+    await Promise.all([loaded ? null : loadLatest(c), c.kind === 'room' ? loadMembers(c.name) : null]);
+  } catch (err) {
+    notice(err.message);
   }
   $('#composer textarea').focus();
 }
@@ -344,7 +409,8 @@ $('#leave').addEventListener('click', async () => {
     await api('POST', `/api/rooms/${c.name}/leave`);
     app.convs.delete(c.key);
     app.active = null;
-    $('#members').replaceChildren();
+    app.members = [];
+    renderMembers();
     await loadRooms();
     render();
   } catch (err) {
@@ -352,16 +418,24 @@ $('#leave').addEventListener('click', async () => {
   }
 });
 
-$('#dm-form').addEventListener('submit', (ev) => {
+// A conversation is added only for a nickname the service knows: loading
+// its history first both checks the name and gets the user's spelling of it.
+$('#dm-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
-  const nick = ev.target.nick.value.trim();
+  const form = ev.target;
+  const nick = form.nick.value.trim();
   if (!nick) return;
-  if (nick.toLowerCase() === app.me.nick.toLowerCase()) {
-    notice('You cannot message yourself.');
+  let res;
+  try {
+    res = await api('GET', `${dmHistoryPath(nick)}?limit=${PAGE}`);
+  } catch (err) {
+    notice(err.message);
     return;
   }
-  ev.target.nick.value = '';
-  openConv(dmConv(nick));
+  form.nick.value = '';
+  const c = dmConv(res.with.nick);
+  addDirectPage(c, res);
+  await openConv(c, { loaded: true });
 });
 
 $('#composer').addEventListener('submit', (ev) => {
@@ -385,11 +459,11 @@ async function send() {
       addRoomMessage(c, await api('POST', `/api/rooms/${c.name}/messages`, { text }));
     } else {
       const res = await api('POST', '/api/messages', { to: c.name, text });
-      const id = res.id ?? 'kept-' + res.message.ts + '-' + Math.random().toString(36).slice(2);
-      if (!c.items.has(id)) {
-        const status = res.status === 'stored' ? `kept until ${c.name} signs in` : 'sent';
-        c.items.set(id, { id, nick: app.me.nick, text, ts: res.message.ts, mine: true, status });
-      }
+      const status = res.status === 'stored' ? `kept until ${c.name} signs in` : 'sent';
+      // The echo to this user's sockets may have come first.
+      const item = c.items.get(res.message.msgId);
+      if (item) item.brokerId = res.id;
+      else c.items.set(res.message.msgId, { ...directItem(res.message, status), brokerId: res.id });
     }
     box.value = '';
     notice('');
@@ -471,6 +545,17 @@ function renderDMs() {
   );
 }
 
+function renderMembers() {
+  $('#members').replaceChildren(
+    ...app.members.map((m) =>
+      el('li', { class: 'person', 'data-nick': m.nick, 'data-id': m.id }, [
+        el('span', { class: m.online ? 'dot on' : 'dot' }),
+        el('span', {}, [m.nick + (m.id === app.me.id ? ' (you)' : '')]),
+      ]),
+    ),
+  );
+}
+
 function renderOnline() {
   const people = [...app.online.entries()].sort((a, b) => a[1].localeCompare(b[1]));
   $('#online-count').textContent = String(people.length);
@@ -497,7 +582,7 @@ function render({ toBottom = false } = {}) {
   const c = app.convs.get(app.active);
   $('#conv-title').textContent = !c ? 'Pick a room or a person' : c.kind === 'room' ? '# ' + c.name : '@ ' + c.name;
   $('#leave').hidden = c?.kind !== 'room';
-  $('#older').hidden = !(c?.kind === 'room' && c.more);
+  $('#older').hidden = !c?.more;
   setComposerEnabled(app.client?.state !== 'kicked');
   const box = $('#messages');
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 60;

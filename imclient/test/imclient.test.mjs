@@ -1,9 +1,9 @@
 // Unit tests of imclient.js's connection logic with a fake WebSocket
-// (node --test; run by js_test.go). The browser test covers it against
-// real nodes.
+// (node --test; imclient_test.go runs them under go test). The browser test
+// of webapi-example covers it against real nodes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { IMClient, CloseCodes } from '../static/imclient.js';
+import { IMClient, CloseCodes } from '../imclient.js';
 
 class FakeSocket {
   static all = [];

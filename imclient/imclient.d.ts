@@ -1,4 +1,4 @@
-// Types for imclient.js. See docs/client.md.
+// Types for imclient.js. See README.md beside this file.
 
 /** WebSocket close codes used by imserver. */
 export declare const CloseCodes: Readonly<{

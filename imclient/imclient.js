@@ -3,7 +3,7 @@
 // The broker is push-only: the socket only receives frames. Everything the
 // user does goes to the business API, which also hands out the one-time
 // WebSocket URL; so the client asks for a fresh URL before every (re)connect.
-// See docs/client.md.
+// See README.md beside this file and docs/client.md in the repository.
 
 /** WebSocket close codes used by imserver (internal/wire/close.go). */
 export const CloseCodes = Object.freeze({
