@@ -14,9 +14,15 @@ ARG VERSION=devel
 RUN CGO_ENABLED=0 go build -trimpath -buildvcs=false \
     -ldflags="-s -w -X github.com/imbroker/imbroker/internal/version.Version=${VERSION}" \
     -o /out/imserver ./imserver/cmd/imserver
+# imctl rides along so an operator can run it inside a pod:
+# kubectl exec imserver-0 -- /imctl nodes
+RUN CGO_ENABLED=0 go build -trimpath -buildvcs=false \
+    -ldflags="-s -w -X github.com/imbroker/imbroker/internal/version.Version=${VERSION}" \
+    -o /out/imctl ./imctl
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/imserver /imserver
+COPY --from=build /out/imctl /imctl
 USER nonroot:nonroot
 EXPOSE 6001
 # Configure with IM_* variables, e.g. IM_REDIS_URL, IM_PUBLIC_URL, IM_NODE_ID.

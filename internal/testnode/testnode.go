@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"github.com/imbroker/imbroker/imserver"
 )
 
@@ -38,10 +40,17 @@ func Quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // shuts it down when the test ends.
 func Start(t testing.TB, cfg imserver.Config) *imserver.Server {
 	t.Helper()
+	return StartOn(t, cfg, nil)
+}
+
+// StartOn is Start with the node's Redis client given (nil: it dials
+// cfg.RedisURL), as imserver.New takes it.
+func StartOn(t testing.TB, cfg imserver.Config, rc rueidis.Client) *imserver.Server {
+	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
-	srv, err := imserver.New(cfg, nil, Quiet())
+	srv, err := imserver.New(cfg, rc, Quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
