@@ -82,8 +82,16 @@ func eventsCmd(fs *flag.FlagSet) func(context.Context, *app, []string) error {
 			}
 			err = im.EventBus(bctx, show, show)
 		} else {
-			err = im.ConsumeEvents(ctx, *group, *consumer, func(_ context.Context, e imhelper.Event) error {
-				return a.printEvent(e)
+			// ConsumeEvents retries a failed handler forever; a failed
+			// print must end the command instead, leaving the event
+			// pending for the next run.
+			cctx, stop := context.WithCancel(ctx)
+			defer stop()
+			err = im.ConsumeEvents(cctx, *group, *consumer, func(_ context.Context, e imhelper.Event) error {
+				if printErr = a.printEvent(e); printErr != nil {
+					stop()
+				}
+				return printErr
 			}, imhelper.ConsumeOptions{FromStart: *fromStart})
 		}
 		if printErr != nil {

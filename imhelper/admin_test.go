@@ -45,6 +45,14 @@ func TestNodeInfos(t *testing.T) {
 	if _, err := st.WriteLease(ctx, wire.NodeInfo{ID: "node-c", URL: "ws://c.invalid/ws", Started: started}, time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
+	// Wait until node-c's lease is really gone, so that no view below
+	// routes a client to it.
+	testnode.WaitFor(t, 10*time.Second, func() error {
+		if n, err := rc.Do(ctx, rc.B().Exists().Key("im:node:node-c").Build()).AsInt64(); err != nil || n != 0 {
+			return fmt.Errorf("node-c's lease still there (%d, %v)", n, err)
+		}
+		return nil
+	})
 
 	im, err := imhelper.New(ctx, imhelper.Options{RedisURL: r.URL(), Logger: testnode.Quiet()})
 	if err != nil {

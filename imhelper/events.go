@@ -177,9 +177,18 @@ func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, hand
 			} else {
 				c.log.Warn("imhelper: dropping malformed event", "id", en.ID, "err", derr)
 			}
-			if err := c.st.Ack(ctx, group, en.ID); err != nil && ctx.Err() == nil {
-				c.log.Warn("imhelper: XACK failed", "id", en.ID, "err", err)
+			// The handler has done its work: acknowledge it even if ctx
+			// ended meanwhile (a Ctrl-C, a shutdown), or the next run
+			// handles the event a second time.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ackTimeout)
+			if err := c.st.Ack(actx, group, en.ID); err != nil {
+				c.log.Warn("imhelper: XACK failed; the event will be handled again", "id", en.ID, "err", err)
 			}
+			cancel()
 		}
 	}
 }
+
+// ackTimeout bounds the XACK of a handled event, which runs even after the
+// consumer's context has ended.
+const ackTimeout = 5 * time.Second

@@ -150,29 +150,48 @@ type wsClient struct {
 
 func (c *cluster) connect(id, meta string) *wsClient {
 	c.t.Helper()
+	wc, err := c.tryConnect(id, meta)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return wc
+}
+
+// attachTimeout bounds a connect and the wait for its presence. It is an
+// upper bound for a broken build, not a margin: a race-enabled node on a
+// loaded 2-core box has taken more than 5 s for one handshake.
+const attachTimeout = 30 * time.Second
+
+// tryConnect is connect for goroutines other than the test's own, where
+// t.Fatal must not be called: it returns the error instead.
+func (c *cluster) tryConnect(id, meta string) (*wsClient, error) {
 	u, err := c.helper.PrevConnectServer(context.Background(), id, meta)
 	if err != nil {
-		c.t.Fatalf("PrevConnectServer(%s): %v", id, err)
+		return nil, fmt.Errorf("PrevConnectServer(%s): %w", id, err)
 	}
 	wc, err := dialWS(u)
 	if err != nil {
-		c.t.Fatalf("dial %s: %v", id, err)
+		return nil, fmt.Errorf("dial %s: %w", id, err)
 	}
 	wc.id = id
 	c.t.Cleanup(func() { wc.conn.CloseNow() })
 	// The handshake completes before the node attaches the socket; wait for
 	// presence so that a message sent next is not sent into that gap.
-	checkFor(c.t, 5*time.Second, func() error {
-		if ok, err := c.helper.HasOnline(context.Background(), id); !ok {
-			return fmt.Errorf("%s not online yet (%v)", id, err)
+	deadline := time.Now().Add(attachTimeout)
+	for {
+		ok, err := c.helper.HasOnline(context.Background(), id)
+		if ok {
+			return wc, nil
 		}
-		return nil
-	})
-	return wc
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%s not online after %v (%v)", id, attachTimeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func dialWS(u string) (*wsClient, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), attachTimeout)
 	defer cancel()
 	conn, resp, err := websocket.Dial(ctx, u, nil)
 	if err != nil {
@@ -220,8 +239,8 @@ func (w *wsClient) next(t testing.TB) frame {
 	select {
 	case f := <-w.frames:
 		return f
-	case <-time.After(5 * time.Second):
-		t.Fatalf("%s: no frame within 5s", w.id)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s: no frame within 20s", w.id)
 	}
 	return frame{}
 }

@@ -69,7 +69,7 @@ func newMetrics() *metrics {
 // registerReady exports the node's readiness (what /readyz answers) as
 // im_ready, so a dashboard and an alert see it without probing.
 func (m *metrics) registerReady(ready func() bool) {
-	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "im_ready", Help: "1 while the node is registered and subscribed (what /readyz reports), else 0."}, func() float64 {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "im_ready", Help: "1 while the node is registered, subscribed and not draining (what /readyz reports), else 0."}, func() float64 {
 		if ready() {
 			return 1
 		}

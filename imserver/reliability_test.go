@@ -2,6 +2,7 @@ package imserver_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -149,6 +150,7 @@ func TestRedisKilled(t *testing.T) {
 		n = 300
 	}
 	clients := make([]*wsClient, n)
+	errs := make([]error, n)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
 	for i := range clients {
@@ -157,10 +159,13 @@ func TestRedisKilled(t *testing.T) {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			clients[i] = c.connect(fmt.Sprintf("rk-%d", i), "")
+			clients[i], errs[i] = c.tryConnect(fmt.Sprintf("rk-%d", i), "")
 		}(i)
 	}
 	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.helper.JoinChanClients(bg, "survivors", "rk-0", "rk-1", "rk-2", "rk-3"); err != nil {
 		t.Fatal(err)
 	}

@@ -109,7 +109,12 @@ node_idx=()
 redis_idx=""
 cleanup() {
   local rc=$?
-  trap - EXIT INT TERM
+  # A second Ctrl-C while stopping must not cut the cleanup short and leave
+  # nodes or Redis behind: ignore INT/TERM from here on (the sleeps in
+  # stop_children inherit that) and do not stop on the first error.
+  set +e
+  trap - EXIT
+  trap '' INT TERM
   if [ -n "$service_idx" ]; then stop_children "$service_idx"; fi
   if [ ${#node_idx[@]} -gt 0 ]; then stop_children "${node_idx[@]}"; fi
   if [ -n "$redis_idx" ]; then stop_children "$redis_idx"; fi

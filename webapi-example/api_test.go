@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"slices"
@@ -619,4 +620,31 @@ func mustParseURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// TestSecureCookiesBehindProxy: behind a proxy that ends TLS the request
+// has no TLS, and only WEBAPI_SECURE_COOKIES makes the session cookie
+// Secure.
+func TestSecureCookiesBehindProxy(t *testing.T) {
+	e := newEnv(t)
+	if c := configFromEnv(func(k string) string { return map[string]string{"WEBAPI_SECURE_COOKIES": "true"}[k] }); !c.SecureCookies {
+		t.Fatal("WEBAPI_SECURE_COOKIES=true not read")
+	}
+	// A cookie jar keeps Secure cookies only for https URLs, so over plain
+	// HTTP a Secure cookie is not sent back: read Set-Cookie instead.
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("POST", "/api/signin", strings.NewReader(`{"nick":"proxied"}`))
+	req.Header.Set("Content-Type", "application/json")
+	e.app.Routes().ServeHTTP(rec, req)
+	if h := rec.Header().Get("Set-Cookie"); rec.Code != http.StatusOK || strings.Contains(h, "Secure") {
+		t.Fatalf("default, plain HTTP: %d %q, want a cookie without Secure", rec.Code, h)
+	}
+	e.app.SecureCookies = true
+	rec = httptest.NewRecorder()
+	req = httptest.NewRequest("POST", "/api/signin", strings.NewReader(`{"nick":"proxied"}`))
+	req.Header.Set("Content-Type", "application/json")
+	e.app.Routes().ServeHTTP(rec, req)
+	if h := rec.Header().Get("Set-Cookie"); rec.Code != http.StatusOK || !strings.Contains(h, "Secure") {
+		t.Fatalf("SecureCookies, plain HTTP: %d %q, want a Secure cookie", rec.Code, h)
+	}
 }

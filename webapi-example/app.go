@@ -50,6 +50,9 @@ type App struct {
 	log        *slog.Logger
 	adminToken string
 	now        func() time.Time
+	// SecureCookies marks the session cookie Secure on every response, for
+	// a service behind a proxy that ends TLS (WEBAPI_SECURE_COOKIES).
+	SecureCookies bool
 }
 
 // NewApp returns the service. adminToken protects the kick endpoint.

@@ -90,7 +90,7 @@ func (a *App) signIn(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: sid, Path: "/",
 		MaxAge: int(sessionTTL.Seconds()), HttpOnly: true,
-		Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode,
+		Secure: a.secureCookie(r), SameSite: http.SameSiteLaxMode,
 	})
 	writeJSON(w, http.StatusOK, u)
 }
@@ -102,14 +102,19 @@ func (a *App) signOut(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	clearSessionCookie(w, r)
+	a.clearSessionCookie(w, r)
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func clearSessionCookie(w http.ResponseWriter, r *http.Request) {
+func (a *App) clearSessionCookie(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+		HttpOnly: true, Secure: a.secureCookie(r), SameSite: http.SameSiteLaxMode})
 }
+
+// secureCookie: the session cookie is Secure when this request came over
+// TLS, or always when SecureCookies says TLS ends in front of the service
+// (an Ingress or a load balancer), where r.TLS is nil.
+func (a *App) secureCookie(r *http.Request) bool { return r.TLS != nil || a.SecureCookies }
 
 // meInfo answers GET /api/me.
 type meInfo struct {
@@ -125,7 +130,7 @@ type meInfo struct {
 func (a *App) me(w http.ResponseWriter, r *http.Request) {
 	u, err := a.sessionUser(r)
 	if errors.Is(err, errSessionExpired) {
-		clearSessionCookie(w, r)
+		a.clearSessionCookie(w, r)
 	}
 	if signedOut(err) {
 		writeJSON(w, http.StatusOK, meInfo{})

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -62,6 +63,10 @@ type config struct {
 	// AdminToken protects the kick endpoint (WEBAPI_ADMIN_TOKEN). Empty
 	// generates a random one that is printed at startup.
 	AdminToken string
+	// SecureCookies marks the session cookie Secure although the request
+	// arrived without TLS, because a proxy in front ended it
+	// (WEBAPI_SECURE_COOKIES=true).
+	SecureCookies bool
 }
 
 func configFromEnv(getenv func(string) string) config {
@@ -71,6 +76,7 @@ func configFromEnv(getenv func(string) string) config {
 		NodeAddr:   getenv("WEBAPI_NODE_ADDR"),
 		AdminToken: getenv("WEBAPI_ADMIN_TOKEN"),
 	}
+	c.SecureCookies, _ = strconv.ParseBool(getenv("WEBAPI_SECURE_COOKIES"))
 	if c.Addr == "" {
 		c.Addr = "127.0.0.1:8080"
 	}

@@ -100,6 +100,7 @@ func startSystem(ctx context.Context, cfg config, log *slog.Logger) (sys *system
 		adminToken = randomHex(16)
 	}
 	sys.app = NewApp(sys.im, log, adminToken)
+	sys.app.SecureCookies = cfg.SecureCookies
 	if err = sys.app.Init(ctx); err != nil {
 		return sys, err
 	}

@@ -15,11 +15,18 @@ import (
 	"github.com/imbroker/imbroker/imserver"
 )
 
+// MinWait is the least time WaitFor waits before it gives up. A timeout a
+// test names is a bound for a broken build, not a margin it relies on: on a
+// loaded 2-core CI box a race-enabled node has taken more than 5 s for a
+// step that takes milliseconds on a quiet one, so shorter bounds are raised
+// to this.
+const MinWait = 30 * time.Second
+
 // WaitFor polls fn until it returns nil, failing the test with fn's last
-// error once timeout has passed. The timeout is an upper bound for a
-// broken build, not a margin the test relies on.
+// error once timeout (at least MinWait) has passed.
 func WaitFor(t testing.TB, timeout time.Duration, fn func() error) {
 	t.Helper()
+	timeout = max(timeout, MinWait)
 	deadline := time.Now().Add(timeout)
 	for {
 		err := fn()

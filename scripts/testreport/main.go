@@ -99,6 +99,21 @@ func (r *report) packageDone(e event) {
 	switch {
 	case e.Action == "fail":
 		r.failedPkgs++
+		// A test binary that timed out or crashed sends no fail event for
+		// the tests it was running: their output (the panic, the
+		// goroutine dump) is still here and is the cause.
+		var unfinished []string
+		for key := range r.outputs {
+			if strings.HasPrefix(key, e.Package+"/") {
+				unfinished = append(unfinished, key)
+			}
+		}
+		sort.Strings(unfinished)
+		for _, key := range unfinished {
+			r.failed = append(r.failed, key+" (did not finish)")
+			fmt.Fprintf(r.out, "--- DID NOT FINISH %s\n%s", key, r.text(key))
+			delete(r.outputs, key)
+		}
 		fmt.Fprintf(r.out, "FAIL  %s  %.1fs\n%s", e.Package, e.Elapsed, out)
 	case strings.Contains(out, "[no test files]") || r.tests[e.Package] == 0 && e.Action == "skip":
 		r.noTests++

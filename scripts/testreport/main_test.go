@@ -62,3 +62,25 @@ func TestSkipFailsUnderCI(t *testing.T) {
 		t.Error("a skip passed the run under CI=true")
 	}
 }
+
+// TestUnfinishedTestShown: a test binary killed by -timeout sends no fail
+// event for the running test; its output (the timeout panic) must still be
+// printed and the test named as failed.
+func TestUnfinishedTestShown(t *testing.T) {
+	const timedOut = `{"Action":"start","Package":"ex/t"}
+{"Action":"run","Package":"ex/t","Test":"TestHangs"}
+{"Action":"output","Package":"ex/t","Test":"TestHangs","Output":"panic: test timed out after 5s\n"}
+{"Action":"output","Package":"ex/t","Test":"TestHangs","Output":"\trunning tests:\n\t\tTestHangs (5s)\n"}
+{"Action":"output","Package":"ex/t","Output":"FAIL\tex/t\t5.030s\n"}
+{"Action":"fail","Package":"ex/t","Elapsed":5.03}
+`
+	var out strings.Builder
+	if run(strings.NewReader(timedOut), &out, false, nil) {
+		t.Error("a timed-out package reported as passed")
+	}
+	for _, want := range []string{"--- DID NOT FINISH ex/t/TestHangs", "panic: test timed out", "failed: ex/t/TestHangs (did not finish)", "0 tests passed, 1 failed"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
