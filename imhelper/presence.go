@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"iter"
+	"slices"
 
 	"github.com/imbroker/imbroker/internal/wire"
 )
@@ -81,8 +82,8 @@ func (c *Client) GetClientListByOnline(ctx context.Context) ([]string, error) {
 
 // ForceOffline closes every socket of client id with the forced-offline
 // close code (4001), after which the client must not reconnect by itself.
-// It tells the node the client is on and, if different, the node that owns
-// it now. A socket whose handshake is still in flight when the node handles
+// It tells every node on which the client has a socket (im:clientnodes)
+// and the node that owns it now. A socket whose handshake is still in flight when the node handles
 // the kick is not closed; to keep a client out, also stop issuing it URLs.
 func (c *Client) ForceOffline(ctx context.Context, id string) error {
 	if err := c.check(); err != nil {
@@ -91,15 +92,15 @@ func (c *Client) ForceOffline(ctx context.Context, id string) error {
 	if err := wire.ValidateClientID(id); err != nil {
 		return err
 	}
-	node, err := c.st.ClientNode(ctx, id)
+	// Every node that holds a socket of the client, not only the one
+	// presence names: a socket from a stale token can sit on a node that
+	// no longer owns the client. The owner too, for a socket still
+	// attaching there.
+	targets, err := c.st.ClientNodes(ctx, id)
 	if err != nil {
 		return fmt.Errorf("failed to look up client: %w", err)
 	}
-	var targets []string
-	if node != "" {
-		targets = append(targets, node)
-	}
-	if owner := c.Owner(id); owner != "" && owner != node {
+	if owner := c.Owner(id); owner != "" && !slices.Contains(targets, owner) {
 		targets = append(targets, owner)
 	}
 	if len(targets) == 0 {

@@ -305,3 +305,58 @@ func TestTwoNodesOneClient(t *testing.T) {
 	}
 	first.next(t)
 }
+
+// TestForceOfflineEverySocket: a client holds a socket on a node that no
+// longer owns it (a token issued before a node joined, used after) and,
+// opened later, one on its owner, so presence names the owner. ForceOffline
+// closes both with 4001, and the client goes offline.
+func TestForceOfflineEverySocket(t *testing.T) {
+	// Moves start at least LeaseTTL/3 + 1 s after the stale socket attaches
+	// and are spread over MoveWindow: neither falls inside this test.
+	c := startCluster(t, 1, func(cfg *imserver.Config) {
+		cfg.LeaseTTL = 30 * time.Second
+		cfg.MoveWindow = time.Hour
+	})
+	// A client that node-2 will own once it joins.
+	id := ""
+	for i := 0; id == ""; i++ {
+		if cand := fmt.Sprintf("stale-%d", i); wire.Owner(cand, []string{"node-1", "node-2"}) == "node-2" {
+			id = cand
+		}
+	}
+	staleURL, err := c.helper.PrevConnectServer(bg, id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.startNode("node-2")
+	c.waitViews()
+	stale, err := dialWS(staleURL) // on node-1, which no longer owns it
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stale.conn.CloseNow() })
+	checkFor(t, 10*time.Second, func() error {
+		if n := c.node("node-1").Connections(); n != 1 {
+			return fmt.Errorf("node-1 holds %d sockets, want the stale one", n)
+		}
+		return nil
+	})
+	owned := c.connect(id, "") // on node-2, the owner
+	if !strings.HasPrefix(owned.url, c.node("node-2").PublicURL()) {
+		t.Fatalf("fresh URL %s is not on the owner node-2", owned.url)
+	}
+	if err := c.helper.ForceOffline(bg, id); err != nil {
+		t.Fatal(err)
+	}
+	for name, w := range map[string]*wsClient{"stale socket on node-1": stale, "socket on the owner": owned} {
+		if code := w.closeCode(t); code != wire.CloseForcedOffline {
+			t.Errorf("%s: close code %d, want %d", name, code, wire.CloseForcedOffline)
+		}
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if on, err := c.helper.HasOnline(bg, id); on || err != nil {
+			return fmt.Errorf("still online after ForceOffline (%v)", err)
+		}
+		return nil
+	})
+}

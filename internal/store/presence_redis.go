@@ -74,6 +74,11 @@ func (r *Redis) ClientNode(ctx context.Context, client string) (string, error) {
 	return node, err
 }
 
+// ClientNodes implements Presence with one SMEMBERS.
+func (r *Redis) ClientNodes(ctx context.Context, client string) ([]string, error) {
+	return r.rc.Do(ctx, r.rc.B().Smembers().Key(r.k.clientNodes(client)).Build()).AsStrSlice()
+}
+
 // AreOnline implements Presence with one HMGET.
 func (r *Redis) AreOnline(ctx context.Context, ids []string) ([]bool, error) {
 	vals, err := r.rc.Do(ctx, r.rc.B().Hmget().Key(r.k.online()).Field(ids...).Build()).ToArray()

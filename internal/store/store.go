@@ -77,6 +77,10 @@ type Presence interface {
 	NodeClients(ctx context.Context, node string, cursor uint64) (ids []string, next uint64, err error)
 	// ClientNode returns the node client is online on, or "" if offline.
 	ClientNode(ctx context.Context, client string) (string, error)
+	// ClientNodes returns every node on which client has a socket (its
+	// im:clientnodes set), which can be more than ClientNode names: a
+	// socket from a stale token on a node that no longer owns it.
+	ClientNodes(ctx context.Context, client string) ([]string, error)
 	// AreOnline reports for each id whether it is online.
 	AreOnline(ctx context.Context, ids []string) ([]bool, error)
 	// OnlineCount returns the number of online clients.
