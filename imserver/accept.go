@@ -86,9 +86,15 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	lw := &leanWriter{ResponseWriter: w, newWriter: s.newSockWriter}
+	// Pings and pongs from the client count against its inbound budget
+	// like data frames; the hooks run only once the read loop, started
+	// after cn is set, reads.
+	var cn *conn
 	ws, err := websocket.Accept(lw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // Origin was checked above, with a JSON 403
 		CompressionMode:    websocket.CompressionDisabled,
+		OnPingReceived:     func(context.Context, []byte) bool { return cn.inboundFrame() },
+		OnPongReceived:     func(context.Context, []byte) { cn.inboundFrame() },
 	})
 	if err != nil {
 		mu.Unlock()
@@ -99,7 +105,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	// A random phase spreads the pings of sockets that connected together
 	// (a reconnect wave) over the whole interval.
 	phase := time.Duration(rand.Int64N(int64(s.cfg.PingInterval)))
-	cn := s.newConn(ws, lw.w)
+	cn = s.newConn(ws, lw.w)
 	cn.lastPing = time.Now().Add(-phase)
 	s.sockets.Add(1)
 	topics := s.attach(cn, rec)

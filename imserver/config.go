@@ -67,6 +67,10 @@ type Config struct {
 	// ConnectRate is the most new sockets per second; more get HTTP 429.
 	// Default 0: unlimited.
 	ConnectRate int
+	// InboundRate is the most frames per second (data, ping and pong) one
+	// socket may send, in bursts of up to two seconds' worth; more closes
+	// it with 1008. Default 10; negative: unlimited.
+	InboundRate int
 	// MoveWindow spreads the closes of clients whose owner changed when the
 	// set of nodes changes. Default 10s.
 	MoveWindow time.Duration
@@ -134,6 +138,9 @@ func (c *Config) fill() error {
 	if c.ReadLimit <= 0 {
 		c.ReadLimit = 4096
 	}
+	if c.InboundRate == 0 {
+		c.InboundRate = 10
+	}
 	if c.EventStreamMaxLen <= 0 {
 		c.EventStreamMaxLen = 100000
 	}
@@ -192,6 +199,7 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	num(&c.MaxConns, "max-conns", "sockets per node, 0 = unlimited")
 	num(&c.MaxConnsPerClient, "max-conns-per-client", "sockets per clientId, 0 = unlimited")
 	num(&c.ConnectRate, "connect-rate", "new sockets per second, 0 = unlimited")
+	num(&c.InboundRate, "inbound-rate", "frames per second one socket may send, more closes with 1008 (default 10, -1 = unlimited)")
 	dur(&c.MoveWindow, "move-window", "window over which moved clients are closed (default 10s)")
 	dur(&c.DrainWindow, "drain-window", "window over which sockets are closed at shutdown (default 5s)")
 	dur(&c.ProbeInterval, "probe-interval", "pub/sub self-probe interval (default 5s)")

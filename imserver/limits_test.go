@@ -2,6 +2,7 @@ package imserver_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -356,6 +357,52 @@ func TestForceOfflineEverySocket(t *testing.T) {
 	checkFor(t, 10*time.Second, func() error {
 		if on, err := c.helper.HasOnline(bg, id); on || err != nil {
 			return fmt.Errorf("still online after ForceOffline (%v)", err)
+		}
+		return nil
+	})
+}
+
+// TestInboundFloodClosed: the broker is push-only, so a socket that floods
+// data frames or pings is closed with 1008 once it has spent its inbound
+// budget (default 10 frames/s, bursts of 20), and the close is counted.
+func TestInboundFloodClosed(t *testing.T) {
+	c := startCluster(t, 1, nil)
+	node := c.nodes[0]
+	flood := map[string]func(w *wsClient) error{
+		"data": func(w *wsClient) error { return w.conn.Write(bg, websocket.MessageText, []byte("x")) },
+		"ping": func(w *wsClient) error {
+			// No pong comes once the budget is spent: a short wait per ping.
+			ctx, cancel := context.WithTimeout(bg, 200*time.Millisecond)
+			defer cancel()
+			err := w.conn.Ping(ctx)
+			if errors.Is(err, context.DeadlineExceeded) {
+				return nil
+			}
+			return err
+		},
+	}
+	for kind, send := range flood {
+		w := c.connect("flood-"+kind, "")
+		sent := 0
+		for {
+			if err := send(w); err != nil {
+				break
+			}
+			if sent++; sent > 100000 {
+				t.Fatalf("%s: %d frames sent and the socket is still open", kind, sent)
+			}
+		}
+		if code := w.closeCode(t); code != websocket.StatusPolicyViolation {
+			t.Errorf("%s flood: close code %d, want 1008", kind, code)
+		}
+		if sent < 20 {
+			t.Errorf("%s flood: closed after %d frames, before the burst of 20 was spent", kind, sent)
+		}
+	}
+	checkFor(t, 10*time.Second, func() error {
+		_, body := getJSON(t, "http://"+node.AdminAddr().String()+"/metrics")
+		if v := metricValue(body, `im_closes_total{reason="inbound"}`); v != 2 {
+			return fmt.Errorf(`im_closes_total{reason="inbound"} = %v, want 2`, v)
 		}
 		return nil
 	})

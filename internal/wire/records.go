@@ -70,6 +70,7 @@ const (
 	ReasonNodeLost = "node_lost" // the node's lease lapsed; a survivor cleaned up
 	ReasonSlow     = "slow"      // closed as a slow consumer
 	ReasonTimeout  = "timeout"   // heartbeat timed out
+	ReasonInbound  = "inbound"   // the client sent more frames than its inbound budget
 )
 
 // Event is an online or offline event, on the event channel and, as field
