@@ -67,6 +67,9 @@ type Config struct {
 	// ConnectRate is the most new sockets per second; more get HTTP 429.
 	// Default 0: unlimited.
 	ConnectRate int
+	// IdleTimeout closes an HTTP keep-alive connection that has sent no new
+	// request for this long (not WebSocket sockets). Default 60s.
+	IdleTimeout time.Duration
 	// InboundRate is the most frames per second (data, ping and pong) one
 	// socket may send, in bursts of up to two seconds' worth; more closes
 	// it with 1008. Default 10; negative: unlimited.
@@ -132,6 +135,7 @@ func (c *Config) fill() error {
 	setDur(&c.DrainWindow, 5*time.Second)
 	setDur(&c.ProbeInterval, 5*time.Second)
 	setDur(&c.RedisTimeout, 3*time.Second)
+	setDur(&c.IdleTimeout, 60*time.Second)
 	if c.MaxQueueBytes <= 0 {
 		c.MaxQueueBytes = 1 << 20
 	}
@@ -205,6 +209,7 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	dur(&c.ProbeInterval, "probe-interval", "pub/sub self-probe interval (default 5s)")
 	num(&c.EventStreamMaxLen, "event-stream-maxlen", "approximate event stream cap (default 100000)")
 	dur(&c.RedisTimeout, "redis-timeout", "timeout of one Redis command (default 3s)")
+	dur(&c.IdleTimeout, "idle-timeout", "close HTTP keep-alive connections idle this long (default 60s)")
 	if len(envErrs) > 0 {
 		return Config{}, fmt.Errorf("invalid environment: %w", errors.Join(envErrs...))
 	}

@@ -71,6 +71,9 @@ func (c *conn) inboundFrame() bool {
 
 // newSockWriter builds the writer of a socket the server is accepting.
 func (s *Server) newSockWriter(nc net.Conn) *sockWriter {
+	// The HTTP server's ReadTimeout left a read deadline on the connection;
+	// a WebSocket lives until it closes (the heartbeat finds dead peers).
+	_ = nc.SetReadDeadline(time.Time{})
 	return &sockWriter{Conn: nc, metrics: s.metrics, maxQueue: s.cfg.MaxQueueBytes, spawn: s.startGoroutine}
 }
 

@@ -88,13 +88,21 @@ func freeAddr(t testing.TB) string {
 // it reports ready.
 func (c *cluster) startProc(id string, extra ...string) *nodeProc {
 	c.t.Helper()
+	return c.startProcUnder(nil, id, extra...)
+}
+
+// startProcUnder is startProc with the node run under a wrapper command,
+// such as prlimit for a lowered descriptor limit.
+func (c *cluster) startProcUnder(wrapper []string, id string, extra ...string) *nodeProc {
+	c.t.Helper()
 	addr, admin := freeAddr(c.t), freeAddr(c.t)
 	args := []string{"-listen", addr, "-admin-listen", admin, "-node-id", id, "-redis-url", c.redis.URL(),
 		"-lease-ttl", "5s", "-probe-interval", "500ms", "-move-window", "1s", "-drain-window", "500ms"}
 	args = append(args, extra...)
 	p := &nodeProc{id: id, url: "ws://" + addr + "/ws", admin: "http://" + admin, exited: make(chan struct{}),
 		logs: &bytes.Buffer{}, logsMu: &sync.Mutex{}}
-	p.cmd = exec.Command(nodeBinary(c.t), args...)
+	argv := append(append(append([]string(nil), wrapper...), nodeBinary(c.t)), args...)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stderr = lockedWriter{p.logsMu, p.logs}
 	if err := p.cmd.Start(); err != nil {
 		c.t.Fatal(err)

@@ -166,15 +166,22 @@ func (s *Server) Start() error {
 			ln.Close()
 			return fmt.Errorf("failed to listen on admin address: %w", err)
 		}
-		s.adminSrv = &http.Server{Handler: amux, ReadHeaderTimeout: 10 * time.Second}
+		s.adminSrv = &http.Server{Handler: amux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: s.cfg.IdleTimeout, ReadTimeout: 20 * time.Second}
 		adminSrv, adminLn := s.adminSrv, s.adminLn
 		s.startGoroutine(func() { _ = adminSrv.Serve(adminLn) })
 	}
 	s.httpSrv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// A connection that sent one cheap complete request (GET /ws
+		// without an upgrade gets 426) would otherwise hold a descriptor
+		// for ever in keep-alive. ReadTimeout bounds a trickled request;
+		// its deadline is cleared when a socket is hijacked (writer.go).
+		IdleTimeout: s.cfg.IdleTimeout,
+		ReadTimeout: 20 * time.Second,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	ln = newFDGuard(ln, s.cfg.TLSCert != "", func() { s.metrics.refusals.WithLabelValues("fds").Inc() })
 	if s.cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCert, s.cfg.TLSKey)
 		if err != nil {
