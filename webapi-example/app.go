@@ -62,7 +62,7 @@ func NewApp(im *imhelper.Client, log *slog.Logger, adminToken string) *App {
 
 // Init creates the default rooms.
 func (a *App) Init(ctx context.Context) error {
-	if err := a.db.addRooms(ctx, strings.Split(defaultRooms, ",")...); err != nil {
+	if err := a.db.addRooms(ctx, defaultRoomNames()...); err != nil {
 		return fmt.Errorf("failed to create the default rooms: %w", err)
 	}
 	return nil

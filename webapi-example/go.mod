@@ -8,6 +8,7 @@ require (
 	github.com/go-chi/chi/v5 v5.5.0
 	github.com/imbroker/imbroker v0.0.0
 	github.com/redis/rueidis v1.0.79
+	golang.org/x/text v0.41.0
 )
 
 require (

@@ -17,11 +17,13 @@ import (
 )
 
 const (
-	maxNickRunes = 24
 	maxTextRunes = 2000
-	maxRooms     = 100
-	roomRule     = "room names are 1-32 characters: lower-case letters, digits, '-' and '_', starting with a letter or digit"
-	nickRule     = "nicknames are 1-24 characters: letters, digits, '.', '-' and '_'"
+	// maxRooms caps the rooms of the whole service, the default ones
+	// included; maxRoomsPerUser caps the rooms one user is in, so that one
+	// user cannot take all of them (a room nobody is in is deleted).
+	maxRooms        = 100
+	maxRoomsPerUser = 10
+	roomRule        = "room names are 1-32 characters: lower-case letters, digits, '-' and '_', starting with a letter or digit"
 )
 
 var (
@@ -31,17 +33,15 @@ var (
 
 func validRoom(s string) bool { return roomPattern.MatchString(s) }
 
-func validNick(s string) bool {
-	n := utf8.RuneCountInString(s)
-	if n == 0 || n > maxNickRunes {
-		return false
+// readNick reads a nickname from a request (see parseNick); it answers the
+// request itself when the nickname is refused.
+func readNick(w http.ResponseWriter, s string) (shown, key string, ok bool) {
+	shown, key, err := parseNick(s)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_nick", err.Error())
+		return "", "", false
 	}
-	for _, r := range s {
-		if !unicode.IsLetter(r) && !unicode.IsDigit(r) && r != '.' && r != '-' && r != '_' {
-			return false
-		}
-	}
-	return true
+	return shown, key, true
 }
 
 // cleanText trims a chat text and checks its length; line breaks and tabs
@@ -69,12 +69,11 @@ func (a *App) signIn(w http.ResponseWriter, r *http.Request) {
 	if !decodeBody(w, r, &req) {
 		return
 	}
-	req.Nick = strings.TrimSpace(req.Nick)
-	if !validNick(req.Nick) {
-		writeError(w, http.StatusBadRequest, "bad_nick", nickRule)
+	shown, key, ok := readNick(w, req.Nick)
+	if !ok {
 		return
 	}
-	u, err := a.db.signIn(r.Context(), req.Nick)
+	u, err := a.db.signIn(r.Context(), shown, key)
 	if err != nil {
 		a.internalError(w, r, err)
 		return
@@ -184,20 +183,30 @@ func (a *App) online(w http.ResponseWriter, r *http.Request) {
 // peer resolves the nickname of the other user of a private conversation;
 // it answers the request itself when there is none.
 func (a *App) peer(w http.ResponseWriter, r *http.Request, nick string) (user, bool) {
-	if !validNick(nick) {
-		writeError(w, http.StatusBadRequest, "bad_nick", nickRule)
-		return user{}, false
-	}
-	u, err := a.db.userByNick(r.Context(), nick)
-	if errors.Is(err, errNotFound) {
-		writeError(w, http.StatusNotFound, "no_user", "nobody has signed in as "+nick)
-		return user{}, false
-	} else if err != nil {
-		a.internalError(w, r, err)
+	u, ok := a.userByNick(w, r, nick)
+	if !ok {
 		return user{}, false
 	}
 	if u.ID == currentUser(r).ID {
 		writeError(w, http.StatusBadRequest, "to_self", "you cannot message yourself")
+		return user{}, false
+	}
+	return u, true
+}
+
+// userByNick finds the account of a nickname; it answers the request
+// itself when the nickname is refused or nobody has signed in as it.
+func (a *App) userByNick(w http.ResponseWriter, r *http.Request, s string) (user, bool) {
+	shown, key, ok := readNick(w, s)
+	if !ok {
+		return user{}, false
+	}
+	u, err := a.db.userByNick(r.Context(), key)
+	if errors.Is(err, errNotFound) {
+		writeError(w, http.StatusNotFound, "no_user", "nobody has signed in as "+shown)
+		return user{}, false
+	} else if err != nil {
+		a.internalError(w, r, err)
 		return user{}, false
 	}
 	return u, true
@@ -359,25 +368,19 @@ type memberEvent struct {
 	Joined bool   `json:"joined"`
 }
 
+// joinRoom adds the user to a room, which it creates if there is none of
+// that name. The caps are checked by the same step in Redis that joins.
 func (a *App) joinRoom(w http.ResponseWriter, r *http.Request) {
 	ctx, u, room := r.Context(), currentUser(r), chi.URLParam(r, "room")
-	exists, err := a.db.roomExists(ctx, room)
-	if err != nil {
-		a.internalError(w, r, err)
+	switch err := a.db.join(ctx, room, u.ID); {
+	case errors.Is(err, errTooManyRooms):
+		writeError(w, http.StatusConflict, "too_many_rooms", "no more rooms can be created")
 		return
-	}
-	if !exists {
-		names, err := a.db.rooms(ctx)
-		if err != nil {
-			a.internalError(w, r, err)
-			return
-		}
-		if len(names) >= maxRooms {
-			writeError(w, http.StatusConflict, "too_many_rooms", "no more rooms can be created")
-			return
-		}
-	}
-	if err := a.db.join(ctx, room, u.ID); err != nil {
+	case errors.Is(err, errTooManyJoined):
+		writeError(w, http.StatusConflict, "too_many_joined",
+			"you are in "+strconv.Itoa(maxRoomsPerUser)+" rooms, the most there may be; leave one first")
+		return
+	case err != nil:
 		a.internalError(w, r, err)
 		return
 	}
@@ -386,13 +389,16 @@ func (a *App) joinRoom(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.announce(r, room, memberEvent{Kind: "member", Room: room, ID: u.ID, Nick: u.Nick, Joined: true})
-	a.broadcastCounts(ctx, room)
+	a.broadcastCounts(ctx, room, false)
 	writeJSON(w, http.StatusOK, map[string]string{"room": room})
 }
 
+// leaveRoom takes the user out of a room; the room is deleted, history and
+// all, when that leaves it empty, unless it is a default room.
 func (a *App) leaveRoom(w http.ResponseWriter, r *http.Request) {
 	ctx, u, room := r.Context(), currentUser(r), chi.URLParam(r, "room")
-	if err := a.db.leave(ctx, room, u.ID); err != nil {
+	deleted, err := a.db.leave(ctx, room, u.ID)
+	if err != nil {
 		a.internalError(w, r, err)
 		return
 	}
@@ -401,7 +407,7 @@ func (a *App) leaveRoom(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.announce(r, room, memberEvent{Kind: "member", Room: room, ID: u.ID, Nick: u.Nick, Joined: false})
-	a.broadcastCounts(ctx, room)
+	a.broadcastCounts(ctx, room, deleted)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -415,10 +421,11 @@ func (a *App) announce(r *http.Request, room string, payload any) {
 
 // roomsEvent tells every page the new counts of rooms, including the pages
 // of users who did not join them: a room's own channel reaches only its
-// members.
+// members. Deleted names rooms that are gone.
 type roomsEvent struct {
-	Kind  string      `json:"kind"` // "rooms"
-	Rooms []roomCount `json:"rooms"`
+	Kind    string      `json:"kind"` // "rooms"
+	Rooms   []roomCount `json:"rooms,omitempty"`
+	Deleted []string    `json:"deleted,omitempty"`
 }
 
 // roomCounts reads the counts of rooms as the room list shows them.
@@ -438,17 +445,24 @@ func (a *App) roomCounts(ctx context.Context, rooms []string) ([]roomCount, erro
 	return out, nil
 }
 
-// broadcastCounts sends a room's counts after a join or leave. The counts
-// travel in the frame, so no page has to ask the API for them: one
-// broadcast per change, rather than one request per open page per change
-// (reloading the room list on an event) or per page per interval (polling).
-// Like announce, a failure only leaves counts stale until the next reload,
-// and so do two changes to one room in the same instant, whose counts may
-// arrive in either order; pages reload the room list on every reconnect.
-func (a *App) broadcastCounts(ctx context.Context, room string) {
-	counts, err := a.roomCounts(ctx, []string{room})
+// broadcastCounts sends a room's counts after a join or leave, or that it
+// was deleted. The counts travel in the frame, so no page has to ask the API
+// for them: one broadcast per change, rather than one request per open page
+// per change (reloading the room list on an event) or per page per interval
+// (polling). Like announce, a failure only leaves counts stale until the
+// next reload, and so do two changes to one room in the same instant, whose
+// counts may arrive in either order; pages reload the room list on every
+// reconnect.
+func (a *App) broadcastCounts(ctx context.Context, room string, deleted bool) {
+	event := roomsEvent{Kind: "rooms"}
+	var err error
+	if deleted {
+		event.Deleted = []string{room}
+	} else {
+		event.Rooms, err = a.roomCounts(ctx, []string{room})
+	}
 	if err == nil {
-		_, err = a.im.SendBroadcastMessage(ctx, roomsEvent{Kind: "rooms", Rooms: counts})
+		_, err = a.im.SendBroadcastMessage(ctx, event)
 	}
 	if err != nil {
 		a.log.Warn("failed to broadcast room counts", "room", room, "err", err)
@@ -461,8 +475,13 @@ type memberInfo struct {
 	Online bool   `json:"online"`
 }
 
+// roomMembers lists a room's members, for its members only: who is in a
+// room is not for everyone to see.
 func (a *App) roomMembers(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	if !a.requireMember(w, r) {
+		return
+	}
 	ids, err := a.db.roomMembers(ctx, chi.URLParam(r, "room"))
 	if err != nil {
 		a.internalError(w, r, err)
@@ -603,16 +622,8 @@ func (a *App) kick(w http.ResponseWriter, r *http.Request) {
 	if !decodeBody(w, r, &req) {
 		return
 	}
-	if !validNick(req.Nick) {
-		writeError(w, http.StatusBadRequest, "bad_nick", nickRule)
-		return
-	}
-	u, err := a.db.userByNick(r.Context(), req.Nick)
-	if errors.Is(err, errNotFound) {
-		writeError(w, http.StatusNotFound, "no_user", "nobody has signed in as "+req.Nick)
-		return
-	} else if err != nil {
-		a.internalError(w, r, err)
+	u, ok := a.userByNick(w, r, req.Nick)
+	if !ok {
 		return
 	}
 	wasOnline, err := a.im.HasOnline(r.Context(), u.ID)

@@ -114,17 +114,27 @@ func (e *testEnv) signIn(nick string) *browser {
 // do sends a JSON request and returns the status and the raw body.
 func (b *browser) do(method, path string, body any, headers ...string) (int, []byte) {
 	b.e.t.Helper()
+	status, out, err := b.request(method, path, body, headers...)
+	if err != nil {
+		b.e.t.Fatal(err)
+	}
+	return status, out
+}
+
+// request is do for goroutines other than the test's, which must not call
+// t.Fatal: it returns the error instead.
+func (b *browser) request(method, path string, body any, headers ...string) (int, []byte, error) {
 	var rd io.Reader
 	if body != nil {
 		buf, err := json.Marshal(body)
 		if err != nil {
-			b.e.t.Fatal(err)
+			return 0, nil, err
 		}
 		rd = bytes.NewReader(buf)
 	}
 	req, err := http.NewRequest(method, b.e.base+path, rd)
 	if err != nil {
-		b.e.t.Fatal(err)
+		return 0, nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -134,11 +144,11 @@ func (b *browser) do(method, path string, body any, headers ...string) (int, []b
 	}
 	res, err := b.hc.Do(req)
 	if err != nil {
-		b.e.t.Fatal(err)
+		return 0, nil, err
 	}
 	defer res.Body.Close()
-	out, _ := io.ReadAll(res.Body)
-	return res.StatusCode, out
+	out, err := io.ReadAll(res.Body)
+	return res.StatusCode, out, err
 }
 
 // mustDo fails the test unless the status is want, and decodes the body

@@ -5,8 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,10 +18,12 @@ import (
 // The business data lives in the same Redis as the broker's, under its own
 // prefix. The broker knows nothing about it.
 //
-//	chat:nick:<lower nick>      STRING user id (the nickname is the account)
+//	chat:nick:<nick key>        STRING user id (the nickname is the account; the
+//	                            key is its normal form, see parseNick)
 //	chat:user:<id>              HASH nick
 //	chat:sess:<sid>             STRING user id, expires
-//	chat:rooms                  SET room names
+//	chat:rooms                  SET room names (a room exists while it has
+//	                            members; the default rooms always)
 //	chat:room:<r>:members       SET user ids (the business membership)
 //	chat:user:<id>:rooms        SET room names
 //	chat:room:<r>:seq           STRING counter of message ids
@@ -38,10 +42,13 @@ const (
 	conversationCap = 100  // private conversations listed per user, newest first
 	inboxCap        = 200  // offline messages kept per user
 	recallWindow    = 2 * time.Minute
-	defaultRooms    = "lobby,random"
 	chanPrefix      = "room." // broker channel of a room
 	historyMaxGet   = 100
 )
+
+// defaultRoomNames are the rooms that exist from the start and are kept when
+// empty.
+func defaultRoomNames() []string { return []string{"lobby", "random"} }
 
 type user struct {
 	ID   string `json:"id"`
@@ -83,12 +90,13 @@ func (s store) do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResul
 
 func (s store) b() rueidis.Builder { return s.rc.B() }
 
-// signIn returns the account of nick, creating it on first use. Anyone who
-// knows a nickname can sign in as it: this is a demo, not an identity system.
-func (s store) signIn(ctx context.Context, nick string) (user, error) {
+// signIn returns the account of the nickname key, creating it on first use,
+// shown as nick. Anyone who knows a nickname can sign in as it: this is a
+// demo, not an identity system.
+func (s store) signIn(ctx context.Context, nick, key string) (user, error) {
 	// The account is written before the nickname points to it, so that a
 	// concurrent sign-in with the same new nickname never finds a dangling id.
-	nickKey := keyPrefix + "nick:" + strings.ToLower(nick)
+	nickKey := keyPrefix + "nick:" + key
 	id := "u_" + randomHex(8)
 	userKey := keyPrefix + "user:" + id
 	if err := s.do(ctx, s.b().Hset().Key(userKey).FieldValue().FieldValue("nick", nick).Build()).Error(); err != nil {
@@ -117,8 +125,10 @@ func (s store) user(ctx context.Context, id string) (user, error) {
 	return user{ID: id, Nick: nick}, err
 }
 
-func (s store) userByNick(ctx context.Context, nick string) (user, error) {
-	id, err := s.do(ctx, s.b().Get().Key(keyPrefix+"nick:"+strings.ToLower(nick)).Build()).ToString()
+// userByNick returns the account of a nickname key; a missing one is
+// errNotFound.
+func (s store) userByNick(ctx context.Context, key string) (user, error) {
+	id, err := s.do(ctx, s.b().Get().Key(keyPrefix+"nick:"+key).Build()).ToString()
 	if rueidis.IsRedisNil(err) {
 		return user{}, errNotFound
 	}
@@ -183,10 +193,6 @@ func (s store) rooms(ctx context.Context) ([]string, error) {
 	return names, err
 }
 
-func (s store) roomExists(ctx context.Context, room string) (bool, error) {
-	return s.do(ctx, s.b().Sismember().Key(keyPrefix+"rooms").Member(room).Build()).AsBool()
-}
-
 func (s store) userRooms(ctx context.Context, id string) ([]string, error) {
 	names, err := s.do(ctx, s.b().Smembers().Key(keyPrefix+"user:"+id+":rooms").Build()).AsStrSlice()
 	slices.Sort(names)
@@ -220,17 +226,85 @@ func (s store) memberCounts(ctx context.Context, rooms []string) ([]int64, error
 	return out, nil
 }
 
+var (
+	errTooManyRooms  = errors.New("the service has as many rooms as it may have")
+	errTooManyJoined = errors.New("the user is in as many rooms as a user may be")
+)
+
+// joinScript checks the caps and joins in one step: checked first and joined
+// after, concurrent joins of new rooms would all pass the check. A room it
+// creates starts with no history, even if a message sent while the room's
+// last member left was stored after the room was deleted.
+//
+//	KEYS: chat:rooms, the room's members, the user's rooms, the room's
+//	      message counter, history and messages
+//	ARGV: room, user id, maxRooms, maxRoomsPerUser
+var joinScript = rueidis.NewLuaScript(`
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 and redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[4]) then
+  return 'too_many_joined'
+end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+    return 'too_many_rooms'
+  end
+  redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 'joined'
+`)
+
+// leaveScript leaves a room and deletes it, history and all, if that left
+// it empty and it is not a default room; it returns 1 if the room no longer
+// exists. One step, so that a join cannot come between the count and the
+// deletion.
+//
+//	KEYS: chat:rooms, the room's members, the user's rooms, the room's
+//	      message counter, history and messages
+//	ARGV: room, user id, "1" to keep the room when empty
+var leaveScript = rueidis.NewLuaScript(`
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+if ARGV[3] == '1' or redis.call('SCARD', KEYS[2]) > 0 then
+  return 0
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+return 1
+`)
+
+// join adds user id to a room, creating the room if there is none. It
+// returns errTooManyRooms if creating it would pass maxRooms and
+// errTooManyJoined if the user is in maxRoomsPerUser rooms already.
 func (s store) join(ctx context.Context, room, id string) error {
-	return firstErr(s.rc.DoMulti(ctx,
-		s.b().Sadd().Key(keyPrefix+"rooms").Member(room).Build(),
-		s.b().Sadd().Key(roomKey(room, "members")).Member(id).Build(),
-		s.b().Sadd().Key(keyPrefix+"user:"+id+":rooms").Member(room).Build()))
+	res, err := joinScript.Exec(ctx, s.rc, roomScriptKeys(room, id),
+		[]string{room, id, strconv.Itoa(maxRooms), strconv.Itoa(maxRoomsPerUser)}).ToString()
+	switch {
+	case err != nil:
+		return err
+	case res == "too_many_rooms":
+		return errTooManyRooms
+	case res == "too_many_joined":
+		return errTooManyJoined
+	}
+	return nil
 }
 
-func (s store) leave(ctx context.Context, room, id string) error {
-	return firstErr(s.rc.DoMulti(ctx,
-		s.b().Srem().Key(roomKey(room, "members")).Member(id).Build(),
-		s.b().Srem().Key(keyPrefix+"user:"+id+":rooms").Member(room).Build()))
+// leave takes user id out of a room and reports whether the room is gone.
+func (s store) leave(ctx context.Context, room, id string) (deleted bool, err error) {
+	keep := "0"
+	if slices.Contains(defaultRoomNames(), room) {
+		keep = "1"
+	}
+	n, err := leaveScript.Exec(ctx, s.rc, roomScriptKeys(room, id), []string{room, id, keep}).AsInt64()
+	return n == 1, err
+}
+
+// roomScriptKeys are the KEYS of joinScript and leaveScript.
+func roomScriptKeys(room, id string) []string {
+	tl := roomTimeline(room)
+	return []string{keyPrefix + "rooms", roomKey(room, "members"), keyPrefix + "user:" + id + ":rooms", tl.seq, tl.ids, tl.msgs}
 }
 
 // A timeline is a capped message history that pages backwards: a room's or

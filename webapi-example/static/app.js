@@ -238,6 +238,24 @@ function onBroadcast(f) {
   const d = f.data;
   if (d?.kind === 'presence') setPresence(d.id, d.nick, d.online);
   if (d?.kind === 'presence' || d?.kind === 'rooms') applyRoomCounts(d.rooms ?? []);
+  if (d?.kind === 'rooms') for (const room of d.deleted ?? []) removeRoom(room);
+}
+
+// removeRoom drops a room the service deleted (its last member left).
+function removeRoom(room) {
+  app.rooms = app.rooms.filter((r) => r.name !== room);
+  closeRoom(room);
+  render();
+}
+
+// closeRoom forgets a room's messages and closes it if it is open.
+function closeRoom(room) {
+  app.convs.delete('room:' + room);
+  if (app.active === 'room:' + room) {
+    app.active = null;
+    app.members = [];
+    renderMembers();
+  }
 }
 
 function setPresence(id, nick, online) {
@@ -407,10 +425,7 @@ $('#leave').addEventListener('click', async () => {
   if (c?.kind !== 'room') return;
   try {
     await api('POST', `/api/rooms/${c.name}/leave`);
-    app.convs.delete(c.key);
-    app.active = null;
-    app.members = [];
-    renderMembers();
+    closeRoom(c.name);
     await loadRooms();
     render();
   } catch (err) {
