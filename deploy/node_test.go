@@ -70,14 +70,7 @@ func acceptedEnv(t *testing.T) map[string]bool {
 
 // goBuild builds the main package pkg (relative to the repository root,
 // in the workspace) into bin.
-func goBuild(bin, pkg string) error {
-	build := exec.Command("go", "build", "-o", bin, pkg)
-	build.Dir = repoRoot
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
-	}
-	return nil
-}
+func goBuild(bin, pkg string) error { return testnode.BuildBinary(repoRoot, pkg, bin) }
 
 // liveNode is an imserver node configured from the environment of the
 // StatefulSet's first pod, with only the listen addresses replaced by

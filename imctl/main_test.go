@@ -3,11 +3,11 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/imbroker/imbroker/internal/leakcheck"
+	"github.com/imbroker/imbroker/internal/testnode"
 )
 
 // imctlBin is the imctl binary the tests run as a real process.
@@ -20,12 +20,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	imctlBin = filepath.Join(dir, "imctl")
-	args := []string{"build", "-o", imctlBin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build imctl: %v\n%s", err, out)
+	if err := testnode.BuildBinary(".", ".", imctlBin); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	leakcheck.Main(m)

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imbroker/imbroker/internal/testnode"
 )
 
 var (
@@ -32,19 +34,7 @@ func nodeBinary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "imserver")
-		args := []string{"build", "-o", binPath}
-		// Stamp the commit as a release build does (GOFLAGS on some
-		// machines turns stamping off), so TestVersion can check it.
-		if exec.Command("git", "rev-parse", "HEAD").Run() == nil {
-			args = append(args, "-buildvcs=true")
-		}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		out, err := exec.Command("go", append(args, "./cmd/imserver")...).CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
+		buildErr = testnode.BuildBinary(".", "./cmd/imserver", binPath)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

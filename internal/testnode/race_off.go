@@ -1,5 +1,5 @@
 //go:build !race
 
-package main
+package testnode
 
 const raceEnabled = false

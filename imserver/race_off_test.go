@@ -1,5 +1,0 @@
-//go:build !race
-
-package imserver_test
-
-const raceEnabled = false
