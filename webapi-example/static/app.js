@@ -184,7 +184,10 @@ function onChannelFrame(f) {
     // The counts come in a broadcast (onBroadcast); the room list is
     // reloaded only when this user joined in another tab.
     if (d.id === app.me.id) loadRooms().catch(() => {});
-    if (app.active === 'room:' + room) loadMembers(room).catch(() => {});
+    // The node may still deliver this user's own leave (LeaveChan reaches it
+    // after the announcement): it is no member any more, so no members to ask.
+    const leftHere = d.id === app.me.id && !d.joined;
+    if (app.active === 'room:' + room && !leftHere) loadMembers(room).catch(() => {});
   }
 }
 
