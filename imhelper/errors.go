@@ -3,6 +3,7 @@ package imhelper
 import (
 	"errors"
 
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -25,6 +26,10 @@ var (
 	ErrPayloadNotUTF8 = wire.ErrPayloadNotUTF8
 	// ErrNoNodes: no imserver node has a live lease.
 	ErrNoNodes = errors.New("no live imserver node")
+	// ErrRedisFull: Redis is at maxmemory and refused a write (OOM), so
+	// nothing was written: no token (PrevConnectServer), no membership
+	// (JoinChan). Messages are still delivered, as PUBLISH needs no memory.
+	ErrRedisFull = store.ErrRedisFull
 	// ErrClosed: the Client was closed.
 	ErrClosed = errors.New("imhelper: client closed")
 )

@@ -41,6 +41,9 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	case !isUpgrade(r):
 		s.refuse(w, http.StatusUpgradeRequired, "not_websocket", "WebSocket upgrade required")
 		return
+	case s.redisFull.Load():
+		s.refuse(w, http.StatusServiceUnavailable, "redis_full", "redis is out of memory")
+		return
 	}
 	token := wire.TokenFromQuery(r.URL.RawQuery)
 	if token == "" {

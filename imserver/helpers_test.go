@@ -40,7 +40,13 @@ func quietLogger() *slog.Logger {
 // client, and waits until every party sees every node.
 func startCluster(t testing.TB, n int, mod func(*imserver.Config)) *cluster {
 	t.Helper()
-	c := &cluster{t: t, redis: redistest.Start(t), mod: mod}
+	return startClusterOn(t, redistest.Start(t), n, mod)
+}
+
+// startClusterOn is startCluster on a redis-server the test started.
+func startClusterOn(t testing.TB, rs *redistest.Server, n int, mod func(*imserver.Config)) *cluster {
+	t.Helper()
+	c := &cluster{t: t, redis: rs, mod: mod}
 	for i := 0; i < n; i++ {
 		c.startNode(fmt.Sprintf("node-%d", i+1))
 	}

@@ -69,12 +69,25 @@ func newMetrics() *metrics {
 // registerReady exports the node's readiness (what /readyz answers) as
 // im_ready, so a dashboard and an alert see it without probing.
 func (m *metrics) registerReady(ready func() bool) {
-	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "im_ready", Help: "1 while the node is registered, subscribed and not draining (what /readyz reports), else 0."}, func() float64 {
-		if ready() {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "im_ready", Help: "1 while the node is registered, subscribed, not draining and Redis' eviction policy is safe (what /readyz reports), else 0."}, boolGauge(ready)))
+}
+
+// registerRedisMemory exports what the node last read of Redis' memory
+// (checkRedisMemory): at its limit, and with a policy that can evict broker
+// state.
+func (m *metrics) registerRedisMemory(full, unsafe func() bool) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "im_redis_full", Help: "1 while Redis is at maxmemory (writes fail with OOM; the node refuses new connections), else 0."}, boolGauge(full)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "im_redis_eviction_unsafe", Help: "1 while Redis' maxmemory-policy can evict broker keys (allkeys-*; the node reports not ready), else 0."}, boolGauge(unsafe)))
+}
+
+func boolGauge(f func() bool) func() float64 {
+	return func() float64 {
+		if f() {
 			return 1
 		}
 		return 0
-	}))
+	}
 }
 
 func (m *metrics) observeDelivery(ts int64) {

@@ -2,6 +2,7 @@ package imserver
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/imbroker/imbroker/internal/store"
@@ -72,6 +73,9 @@ func (s *Server) markOnline(c *client) (existed bool, chans []string, err error)
 	existed, chans, err = s.st.MarkOnline(ctx, c.id, s.cfg.NodeID, s.event(wire.EventOnline, c.id, c.meta, s.cfg.NodeID, "", 1))
 	if err != nil {
 		s.metrics.redisErrs.Inc()
+		if errors.Is(err, store.ErrRedisFull) && !s.redisFull.Swap(true) {
+			s.log.Error("redis is at maxmemory: refusing new connections until it has room", "err", err)
+		}
 	}
 	return existed, chans, err
 }
@@ -129,11 +133,31 @@ func (s *Server) resync(ctx context.Context) error {
 			if !alive {
 				return nil
 			}
+			// Whether Redis still knows the client decides whose channels
+			// win. A client it lost gets its channels written back before
+			// it is marked online again, never after: if the write-back
+			// fails, Redis still does not know the client and the next
+			// resync restores it again; the other order would leave a
+			// client Redis knows with channels it lost, whose loss the
+			// next resync would then copy into memory for good.
+			cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+			defer cancel()
+			node, err := s.st.ClientNode(cctx, c.id)
+			if err != nil {
+				return err
+			}
+			if node == "" {
+				if err := s.st.RestoreMembership(cctx, c.id, local); err != nil {
+					return err
+				}
+			}
 			existed, inRedis, err := s.markOnline(c)
 			if err != nil {
 				return err
 			}
 			if existed {
+				// Redis knew the client: a LeaveChan may have happened
+				// while we could not hear it, so Redis' channels win.
 				keep := make(map[string]struct{}, len(inRedis))
 				for _, ch := range inRedis {
 					keep[ch] = struct{}{}
@@ -145,13 +169,9 @@ func (s *Server) resync(ctx context.Context) error {
 					}
 				}
 				topics = append(topics, s.hub.leave(c, gone)...)
-				topics = append(topics, s.hub.join(c, inRedis)...)
-				return nil
 			}
 			topics = append(topics, s.hub.join(c, inRedis)...)
-			cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
-			defer cancel()
-			return s.st.RestoreMembership(cctx, c.id, local)
+			return nil
 		}()
 		mu.Unlock()
 		if err != nil {

@@ -65,12 +65,43 @@ func (s *Server) registryLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		s.refreshNodes(ctx)
+		s.checkRedisMemory(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			s.register(ctx)
 			s.resyncIfDirty(ctx)
+		}
+	}
+}
+
+// checkRedisMemory reads Redis' memory limit and policy. At maxmemory the
+// node keeps its sockets, its lease (write_lease.lua may run at OOM) and
+// its readiness, but refuses new connections, whose presence it could not
+// write; with a policy that may evict presence and membership (allkeys-*)
+// it reports not ready, so the misconfiguration cannot go unnoticed. A
+// Redis that does not answer INFO memory leaves both as they were.
+func (s *Server) checkRedisMemory(ctx context.Context) {
+	rctx, cancel := s.redisCtx()
+	m, err := s.st.Memory(rctx, s.cfg.NodeID)
+	cancel()
+	if err != nil {
+		return
+	}
+	if full := m.Full(); s.redisFull.Swap(full) != full {
+		if full {
+			s.log.Error("redis is at maxmemory: refusing new connections until it has room", "used", m.Used, "maxmemory", m.Max, "policy", m.Policy)
+		} else {
+			s.log.Info("redis has room again: accepting connections", "used", m.Used, "maxmemory", m.Max)
+			s.markDirty() // writes refused meanwhile
+		}
+	}
+	if unsafe := m.EvictsBrokerKeys(); s.redisUnsafe.Swap(unsafe) != unsafe {
+		if unsafe {
+			s.log.Error("redis maxmemory-policy can evict presence and channel membership: reporting not ready; set maxmemory-policy to noeviction or a volatile-* policy", "policy", m.Policy)
+		} else {
+			s.log.Info("redis maxmemory-policy is safe again", "policy", m.Policy)
 		}
 	}
 }

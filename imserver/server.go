@@ -62,6 +62,9 @@ type Server struct {
 	registered     atomic.Bool
 	everRegistered atomic.Bool // a registration succeeded once
 	presenceDirty  atomic.Bool // presence in Redis needs a resync
+	// What the last INFO memory said (checkRedisMemory).
+	redisFull   atomic.Bool // at maxmemory: refuse new connections
+	redisUnsafe atomic.Bool // maxmemory-policy can evict broker keys: not ready
 
 	regMu        sync.Mutex // serialises lease writes with the final unregister
 	unregistered bool       // guarded by regMu
@@ -116,6 +119,7 @@ func New(cfg Config, redis rueidis.Client, logger *slog.Logger) (*Server, error)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.outbox = newOutbox(s.st, s.metrics, s.log, cfg.RedisTimeout)
 	s.metrics.registerReady(s.Ready)
+	s.metrics.registerRedisMemory(s.redisFull.Load, s.redisUnsafe.Load)
 	return s, nil
 }
 
@@ -271,7 +275,7 @@ func (s *Server) AdminAddr() net.Addr {
 // Ready reports whether the node is registered and its pub/sub subscription
 // is known to work.
 func (s *Server) Ready() bool {
-	return !s.draining.Load() && s.registered.Load() && s.sub.healthy()
+	return !s.draining.Load() && s.registered.Load() && s.sub.healthy() && !s.redisUnsafe.Load()
 }
 
 // Connections returns the number of open sockets.

@@ -16,11 +16,12 @@ import (
 
 // Server is a redis-server child process.
 type Server struct {
-	Addr string // 127.0.0.1:port
-	Port int
-	dir  string
-	cmd  *exec.Cmd
-	t    testing.TB
+	Addr  string // 127.0.0.1:port
+	Port  int
+	extra []string // more redis-server arguments
+	dir   string
+	cmd   *exec.Cmd
+	t     testing.TB
 }
 
 // URL returns redis://Addr/0.
@@ -31,11 +32,18 @@ func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
 // required dependency (.ci/run installs it).
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t)
+}
+
+// StartWith is Start with more redis-server arguments, such as
+// "--maxmemory", "32mb".
+func StartWith(t testing.TB, args ...string) *Server {
+	t.Helper()
 	_, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redis-server not found (install the redis-server package): %v", err)
 	}
-	s := &Server{dir: t.TempDir(), t: t}
+	s := &Server{dir: t.TempDir(), t: t, extra: args}
 	s.Port = freePort(t)
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
 	s.start()
@@ -49,6 +57,7 @@ func (s *Server) start() {
 		"--port", strconv.Itoa(s.Port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
 		"--logfile", filepath.Join(s.dir, "redis.log"))
+	s.cmd.Args = append(s.cmd.Args, s.extra...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("failed to start redis-server: %v", err)
 	}

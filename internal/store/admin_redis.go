@@ -2,8 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
-	"slices"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -33,48 +31,29 @@ type NodeStatus struct {
 
 var _ Admin = (*Redis)(nil)
 
-// NodeStatuses implements Admin in two round trips: the registry index,
-// then a GET, a PTTL and an SCARD per node, each on one node's key so that
-// no command spans keys of several nodes.
+// NodeStatuses implements Admin: the leases as Nodes reads them, then an
+// SCARD per live node in one round trip, each on one node's key so that no
+// command spans keys of several nodes.
 func (r *Redis) NodeStatuses(ctx context.Context) ([]NodeStatus, error) {
-	ids, err := r.rc.Do(ctx, r.rc.B().Smembers().Key(r.k.nodeSet()).Build()).AsStrSlice()
-	if err != nil || len(ids) == 0 {
+	leases, err := r.leases(ctx)
+	if err != nil {
 		return nil, err
 	}
-	slices.Sort(ids)
-	const perNode = 3
-	cmds := make(rueidis.Commands, 0, perNode*len(ids))
-	for _, id := range ids {
-		cmds = append(cmds,
-			r.rc.B().Get().Key(r.k.nodeKey(id)).Build(),
-			r.rc.B().Pttl().Key(r.k.nodeKey(id)).Build(),
-			r.rc.B().Scard().Key(r.k.nodeClients(id)).Build())
-	}
-	res := r.rc.DoMulti(ctx, cmds...)
 	var out []NodeStatus
-	for i, id := range ids {
-		lease, ttl, clients := res[perNode*i], res[perNode*i+1], res[perNode*i+2]
-		str, err := lease.ToString()
-		if rueidis.IsRedisNil(err) {
-			continue // lapsed: dead, waiting for a survivor to reap it
+	var cmds rueidis.Commands
+	for _, l := range leases {
+		if l.live { // a lapsed one is dead, waiting for a survivor to reap it
+			out = append(out, NodeStatus{Info: l.info, LeaseLeft: l.left})
+			cmds = append(cmds, r.rc.B().Scard().Key(r.k.nodeClients(l.id)).Build())
 		}
-		if err != nil {
+	}
+	if len(cmds) == 0 {
+		return nil, nil
+	}
+	for i, res := range r.rc.DoMulti(ctx, cmds...) {
+		if out[i].Clients, err = res.AsInt64(); err != nil {
 			return nil, err
 		}
-		var ni wire.NodeInfo
-		if json.Unmarshal([]byte(str), &ni) != nil || ni.ID != id {
-			continue // not a lease a node wrote; Nodes treats it as dead too
-		}
-		ms, err := ttl.AsInt64()
-		if err != nil {
-			return nil, err
-		}
-		n, err := clients.AsInt64()
-		if err != nil {
-			return nil, err
-		}
-		// PTTL is -2 when the lease lapsed between the GET and it.
-		out = append(out, NodeStatus{Info: ni, LeaseLeft: time.Duration(max(ms, 0)) * time.Millisecond, Clients: n})
 	}
 	return out, nil
 }

@@ -13,12 +13,19 @@ type keys struct{ prefix string }
 // nodeSet is a SET of registered node ids (the registry index).
 func (k keys) nodeSet() string { return k.prefix + "nodes" }
 
-// nodeKey is a STRING holding the node's NodeInfo JSON with a PX lease. A
-// node listed in nodeSet whose nodeKey is gone has lost its lease and is dead.
+// nodeKey is a STRING holding the node's NodeInfo JSON, whose "exp" (unix
+// ms, Redis clock) is when the lease lapses. The key itself has no TTL, so
+// that volatile-* eviction cannot take it. A node listed in nodeSet whose
+// nodeKey is gone or past "exp" has lost its lease and is dead. (Leases
+// from before "exp" carry a PX TTL instead and are live while they exist.)
 func (k keys) nodeKey(node string) string { return k.prefix + "node:" + node }
 
 // reapLock is taken with SET NX by the one survivor that cleans a dead node.
 func (k keys) reapLock(node string) string { return k.prefix + "reap:" + node }
+
+// memoryProbe is a STRING a node writes (with a TTL) to learn whether Redis
+// takes writes (Memory).
+func (k keys) memoryProbe(node string) string { return k.prefix + "memprobe:" + node }
 
 // token is a STRING holding a TokenRecord JSON, consumed once.
 func (k keys) token(token string) string { return k.prefix + "token:" + token }

@@ -12,7 +12,7 @@ func (r *Redis) Join(ctx context.Context, client string, chans []string) (string
 	cmds := append(r.addMembership(client, chans), r.rc.B().Hget().Key(r.k.online()).Field(client).Build())
 	res := r.rc.DoMulti(ctx, cmds...)
 	if err := firstErr(res[:len(res)-1]); err != nil {
-		return "", err
+		return "", full(err)
 	}
 	node, err := res[len(res)-1].ToString()
 	if rueidis.IsRedisNil(err) {
@@ -36,7 +36,7 @@ func (r *Redis) RestoreMembership(ctx context.Context, client string, chans []st
 	if len(chans) == 0 {
 		return nil
 	}
-	return firstErr(r.rc.DoMulti(ctx, r.addMembership(client, chans)...))
+	return full(firstErr(r.rc.DoMulti(ctx, r.addMembership(client, chans)...)))
 }
 
 // addMembership is the writes of a membership: the channels' member sets,

@@ -16,7 +16,7 @@ func (r *Redis) MarkOnline(ctx context.Context, client, node string, ev wire.Eve
 		[]string{client, node, string(ev.Encode()), r.k.eventChannel(), r.streamCap},
 	))
 	if err != nil {
-		return false, nil, err
+		return false, nil, full(err)
 	}
 	flag, _ := res[0].AsInt64()
 	return flag == 1, strs(res[1:]), nil

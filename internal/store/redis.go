@@ -1,10 +1,12 @@
 package store
 
 import (
+	"context"
 	_ "embed"
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	"github.com/redis/rueidis"
 )
@@ -16,6 +18,7 @@ type Redis struct {
 	streamCap string // approximate MAXLEN of the event stream
 
 	consumeToken, online, offline, leave, chanOnline, reapDone *rueidis.Lua
+	writeLease                                                 *flaggedScript
 }
 
 var (
@@ -44,6 +47,10 @@ var (
 	scriptChanOnline string
 	//go:embed lua/reap_done.lua
 	scriptReapDone string
+	//go:embed lua/write_lease.lua
+	scriptWriteLease string
+	//go:embed lua/lease.lua
+	luaLease string // prepended to the scripts that read a lease
 )
 
 // Options configures a Redis store. Zero values mean the defaults given.
@@ -68,11 +75,37 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 		streamCap:    fmt.Sprint(o.EventStreamMaxLen),
 		consumeToken: rueidis.NewLuaScript(scriptConsumeToken),
 		online:       rueidis.NewLuaScript(scriptOnline),
-		offline:      rueidis.NewLuaScript(scriptOffline),
+		offline:      rueidis.NewLuaScript(luaLease + scriptOffline),
 		leave:        rueidis.NewLuaScript(scriptLeave),
 		chanOnline:   rueidis.NewLuaScript(scriptChanOnline),
-		reapDone:     rueidis.NewLuaScript(scriptReapDone),
+		reapDone:     rueidis.NewLuaScript(luaLease + scriptReapDone),
+		writeLease:   newFlaggedScript("allow-oom", luaLease+scriptWriteLease),
 	}
+}
+
+// flaggedScript is a script run with Redis 7 script flags (a first line
+// "#!lua flags=..."). A server that does not know them, such as the
+// embedded miniredis, fails to compile that line; from then on the script
+// runs without it. Such a server has no maxmemory either, which is what the
+// flags here are for.
+type flaggedScript struct {
+	flagged, plain *rueidis.Lua
+	noFlags        atomic.Bool
+}
+
+func newFlaggedScript(flags, src string) *flaggedScript {
+	return &flaggedScript{flagged: rueidis.NewLuaScript("#!lua flags=" + flags + "\n" + src), plain: rueidis.NewLuaScript(src)}
+}
+
+func (f *flaggedScript) exec(ctx context.Context, rc rueidis.Client, keys, args []string) ([]rueidis.RedisMessage, error) {
+	if !f.noFlags.Load() {
+		res, err := scriptReply(f.flagged.Exec(ctx, rc, keys, args))
+		if err == nil || !strings.Contains(err.Error(), "near '#'") {
+			return res, err
+		}
+		f.noFlags.Store(true)
+	}
+	return scriptReply(f.plain.Exec(ctx, rc, keys, args))
 }
 
 // CheckURL reports whether url is a Redis URL that Dial can use.

@@ -3,7 +3,10 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -13,7 +16,7 @@ import (
 
 // IssueToken implements Tokens.
 func (r *Redis) IssueToken(ctx context.Context, token string, rec []byte, ttl time.Duration) error {
-	return r.rc.Do(ctx, r.rc.B().Set().Key(r.k.token(token)).Value(rueidis.BinaryString(rec)).Px(ttl).Build()).Error()
+	return full(r.rc.Do(ctx, r.rc.B().Set().Key(r.k.token(token)).Value(rueidis.BinaryString(rec)).Px(ttl).Build()).Error())
 }
 
 // ConsumeToken implements Tokens with consume_token.lua.
@@ -36,18 +39,17 @@ func (r *Redis) ConsumeToken(ctx context.Context, token, node string) ([]byte, T
 	}
 }
 
-// WriteLease implements Registry.
+// WriteLease implements Registry with write_lease.lua.
 func (r *Redis) WriteLease(ctx context.Context, info wire.NodeInfo, ttl time.Duration) (bool, error) {
+	info.Expires = 0 // the script sets it from the server clock
 	b, _ := json.Marshal(info)
-	res := r.rc.DoMulti(ctx,
-		r.rc.B().Exists().Key(r.k.nodeKey(info.ID)).Build(),
-		r.rc.B().Set().Key(r.k.nodeKey(info.ID)).Value(rueidis.BinaryString(b)).Px(ttl).Build(),
-		r.rc.B().Sadd().Key(r.k.nodeSet()).Member(info.ID).Build())
-	if err := firstErr(res); err != nil {
+	res, err := r.writeLease.exec(ctx, r.rc, []string{r.k.nodeKey(info.ID), r.k.nodeSet()},
+		[]string{string(b), strconv.FormatInt(ttl.Milliseconds(), 10), info.ID})
+	if err != nil {
 		return false, err
 	}
-	existed, _ := res[0].AsInt64()
-	return existed == 1, nil
+	renewed, err := res[0].AsInt64()
+	return renewed == 1, err
 }
 
 // DeleteLease implements Registry.
@@ -58,32 +60,98 @@ func (r *Redis) DeleteLease(ctx context.Context, node string) error {
 }
 
 // Nodes implements Registry. Leases are read one GET each in one round
-// trip, not with MGET, so that no command spans keys of several nodes.
+// trip with the server's TIME, not with MGET, so that no command spans keys
+// of several nodes.
+//
+// A node whose lease is live but that no connection subscribes for (PUBSUB
+// NUMSUB of its channel is 0) is left out of live without being dead: it
+// was killed and Redis saw its connections close at once, while its lease
+// runs on for up to a TTL; or it is between two pub/sub connections and
+// would not hear a message anyway. Routing around it at once is what lets
+// its clients reconnect to a survivor within a view refresh instead of
+// after the lease lapses; it is reaped only once the lease lapses.
 func (r *Redis) Nodes(ctx context.Context) (live []wire.NodeInfo, dead []string, err error) {
+	leases, err := r.leases(ctx)
+	for _, l := range leases {
+		switch {
+		case !l.live:
+			dead = append(dead, l.id)
+		case !l.info.Draining && l.listening:
+			live = append(live, l.info)
+		}
+	}
+	return live, dead, err
+}
+
+// lease is one registry entry as read at now (the server's clock).
+type lease struct {
+	id        string
+	info      wire.NodeInfo
+	live      bool
+	left      time.Duration // until it lapses; 0 for a lease written before "exp"
+	listening bool          // a connection subscribes to the node's channel
+}
+
+// leases reads every registered node's lease, sorted by id.
+func (r *Redis) leases(ctx context.Context) ([]lease, error) {
 	ids, err := r.rc.Do(ctx, r.rc.B().Smembers().Key(r.k.nodeSet()).Build()).AsStrSlice()
 	if err != nil || len(ids) == 0 {
-		return nil, nil, err
+		return nil, err
 	}
 	slices.Sort(ids)
-	cmds := make(rueidis.Commands, len(ids))
+	cmds := make(rueidis.Commands, 0, len(ids)+2)
+	channels := make([]string, len(ids))
 	for i, id := range ids {
-		cmds[i] = r.rc.B().Get().Key(r.k.nodeKey(id)).Build()
+		channels[i] = r.k.nodeChannel(id)
 	}
-	for i, res := range r.rc.DoMulti(ctx, cmds...) {
-		str, err := res.ToString()
+	cmds = append(cmds, r.rc.B().Time().Build(), r.rc.B().PubsubNumsub().Channel(channels...).Build())
+	for _, id := range ids {
+		cmds = append(cmds, r.rc.B().Get().Key(r.k.nodeKey(id)).Build())
+	}
+	res := r.rc.DoMulti(ctx, cmds...)
+	now, err := serverTime(res[0])
+	if err != nil {
+		return nil, err
+	}
+	// NUMSUB answers channel, count, channel, count... in the order asked.
+	subs, err := res[1].ToArray()
+	if err != nil || len(subs) != 2*len(ids) {
+		return nil, fmt.Errorf("PUBSUB NUMSUB: %d replies for %d channels, %v", len(subs)/2, len(ids), err)
+	}
+	res = res[2:]
+	out := make([]lease, 0, len(ids))
+	for i, id := range ids {
+		str, err := res[i].ToString()
 		if err != nil && !rueidis.IsRedisNil(err) {
-			return nil, nil, err
+			return nil, err
 		}
-		var ni wire.NodeInfo
-		if err != nil || json.Unmarshal([]byte(str), &ni) != nil || ni.ID != ids[i] {
-			dead = append(dead, ids[i])
-			continue
+		l := lease{id: id}
+		// A missing key, or one that is not a lease this node wrote, is dead.
+		if err == nil && json.Unmarshal([]byte(str), &l.info) == nil && l.info.ID == id {
+			switch {
+			case l.info.Expires == 0: // written before "exp": lapses by key TTL
+				l.live = true
+			case l.info.Expires >= now.UnixMilli():
+				l.live, l.left = true, time.UnixMilli(l.info.Expires).Sub(now)
+			}
 		}
-		if !ni.Draining {
-			live = append(live, ni)
-		}
+		n, _ := subs[2*i+1].AsInt64()
+		l.listening = n > 0
+		out = append(out, l)
 	}
-	return live, dead, nil
+	return out, nil
+}
+
+// serverTime parses a TIME reply.
+func serverTime(res rueidis.RedisResult) (time.Time, error) {
+	parts, err := res.AsIntSlice()
+	if err == nil && len(parts) != 2 {
+		err = errors.New("malformed TIME reply")
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	return time.Unix(parts[0], parts[1]*1000), nil
 }
 
 // ClaimReap implements Registry.

@@ -208,6 +208,13 @@ type StreamEvent struct {
 // ErrNoGroup reports a consumer group (or its stream) that no longer exists.
 var ErrNoGroup = errors.New("consumer group does not exist")
 
+// Memory reports Redis' memory limit and eviction policy (memory_redis.go).
+// Writes Redis refuses at maxmemory fail with an error wrapping
+// ErrRedisFull.
+type Memory interface {
+	Memory(ctx context.Context, node string) (MemoryState, error)
+}
+
 // Node is what an imserver node needs.
 type Node interface {
 	Tokens
@@ -216,6 +223,7 @@ type Node interface {
 	Publisher
 	Subscriber
 	Membership
+	Memory
 }
 
 // Helper is what imhelper needs.

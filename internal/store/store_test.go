@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,13 +17,14 @@ import (
 
 // Every redis.call in every script names its key as KEYS[n]: no key is
 // built from ARGV or from data the script read, which a Redis Cluster
-// cannot route. PUBLISH names a channel, not a key.
+// cannot route. PUBLISH names a channel, not a key. lease.lua's helper
+// takes its key as a parameter: every call of it must pass KEYS[n].
 func TestScriptsDeclareEveryKey(t *testing.T) {
 	files, err := filepath.Glob("lua/*.lua")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no scripts: %v", err)
 	}
-	call := regexp.MustCompile(`redis\.call\('(\w+)',\s*([^,)]+)`)
+	call := regexp.MustCompile(`(redis\.call\('\w+'|lease_live)[,(]\s*([^,)]+)`)
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -33,7 +35,7 @@ func TestScriptsDeclareEveryKey(t *testing.T) {
 			t.Errorf("%s: no redis.call found", f)
 		}
 		for _, m := range calls {
-			if m[1] == "PUBLISH" {
+			if m[1] == "redis.call('PUBLISH'" || (filepath.Base(f) == "lease.lua" && m[2] == "key") {
 				continue
 			}
 			if !regexp.MustCompile(`^KEYS\[[^\]]+\]$`).MatchString(strings.TrimSpace(m[2])) {
@@ -111,7 +113,17 @@ func TestReapRefusedWhenNodeIsBack(t *testing.T) {
 	if err != nil || res != NodeIsBack {
 		t.Fatalf("reap of a live node: %v %v", res, err)
 	}
+	// Nobody subscribes for n1 yet: routed around, but not dead.
 	live, dead, err := st.Nodes(ctx)
+	if err != nil || len(live) != 0 || len(dead) != 0 {
+		t.Fatalf("nodes before n1 subscribes: %v %v %v", live, dead, err)
+	}
+	sub, err := st.Subscribe(ctx, "n1", func(Message) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	live, dead, err = st.Nodes(ctx)
 	if err != nil || len(live) != 1 || len(dead) != 0 {
 		t.Fatalf("nodes: %v %v %v", live, dead, err)
 	}
@@ -124,5 +136,67 @@ func TestReapRefusedWhenNodeIsBack(t *testing.T) {
 	ids, _, err := st.NodeClients(ctx, "n1", 0)
 	if err != nil || !slices.Equal(ids, []string{"c1"}) {
 		t.Fatalf("node clients: %v %v", ids, err)
+	}
+}
+
+// Memory reads the limit and policy; Full and EvictsBrokerKeys follow them.
+func TestMemory(t *testing.T) {
+	rs := redistest.StartWith(t, "--maxmemory", "8mb", "--maxmemory-policy", "allkeys-lru")
+	rc, err := Dial(rs.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rc.Close)
+	st := NewRedis(rc, Options{})
+	m, err := st.Memory(context.Background(), "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Policy != "allkeys-lru" || m.Max != 8<<20 || m.Used <= 0 || m.Full() || !m.EvictsBrokerKeys() {
+		t.Fatalf("%+v full=%v evicts=%v", m, m.Full(), m.EvictsBrokerKeys())
+	}
+}
+
+// A lease lapses by its "exp" on the server clock, although its key has no
+// TTL (which volatile-* eviction could take); a lease from before "exp"
+// lapses by its key TTL and is live while the key exists.
+func TestLeaseExpiry(t *testing.T) {
+	st := newTestStore(t)
+	ctx := context.Background()
+	if _, err := st.WriteLease(ctx, wire.NodeInfo{ID: "n1", URL: "ws://x/ws"}, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if ttl, _ := st.rc.Do(ctx, st.rc.B().Pttl().Key("im:node:n1").Build()).AsInt64(); ttl != -1 {
+		t.Fatalf("lease key has a TTL (%d)", ttl)
+	}
+	legacy := `{"id":"n0","url":"ws://old/ws","started":1}`
+	if err := st.rc.Do(ctx, st.rc.B().Set().Key("im:node:n0").Value(legacy).Px(time.Minute).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.rc.Do(ctx, st.rc.B().Sadd().Key("im:nodes").Member("n0").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitForLapse := func() error {
+		leases, err := st.leases(ctx)
+		if err != nil {
+			return err
+		}
+		if len(leases) != 2 || !leases[0].live || leases[1].live {
+			return fmt.Errorf("leases %+v, want n0 live and n1 lapsed", leases)
+		}
+		return nil
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for err := waitForLapse(); err != nil; err = waitForLapse() {
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if renewed, err := st.WriteLease(ctx, wire.NodeInfo{ID: "n1"}, time.Minute); err != nil || renewed {
+		t.Fatalf("rewriting a lapsed lease: renewed=%v %v", renewed, err)
+	}
+	if renewed, err := st.WriteLease(ctx, wire.NodeInfo{ID: "n1"}, time.Minute); err != nil || !renewed {
+		t.Fatalf("refreshing a live lease: renewed=%v %v", renewed, err)
 	}
 }

@@ -21,6 +21,12 @@ type NodeInfo struct {
 	// Proto is the highest node message version the node reads
 	// (NodeMsgVersion); 0 from releases before the field, meaning 1.
 	Proto int `json:"proto,omitempty"`
+	// Expires is when the lease lapses unless refreshed, in unix ms of the
+	// Redis server's clock (TIME), which every reader compares against. The
+	// lease key has no TTL, so that no eviction policy that spares keys
+	// without one (volatile-*) can take a live node's lease. 0 in leases
+	// written before the field, which lapse by a key TTL instead.
+	Expires int64 `json:"exp,omitempty"`
 }
 
 // CommonVersion is the node message version to write to these nodes: the

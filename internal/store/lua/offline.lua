@@ -1,5 +1,5 @@
 -- A client's last socket on a node closed (1 -> 0), or a survivor cleans a
--- dead node's client. If the client is by now online on another node, or
+-- dead node's client (lease.lua is prepended). If the client is by now online on another node, or
 -- still has a socket on one (a stale token, a move in progress), only this
 -- node's entries go: presence, membership and events stay with that node.
 -- KEYS: 1 online hash, 2 node clients set, 3 client nodes set,
@@ -14,7 +14,7 @@
 -- back), {2, chan...} if the client has joined channels that the caller did
 -- not pass: nothing was written, and the caller runs the script again with
 -- those channels' keys.
-if ARGV[6] == '1' and redis.call('EXISTS', KEYS[7]) == 1 then return {-1} end
+if ARGV[6] == '1' and lease_live(KEYS[7], now_ms()) then return {-1} end
 local given = {}
 for i = 7, #ARGV do given[ARGV[i]] = true end
 local joined = redis.call('SMEMBERS', KEYS[4])
