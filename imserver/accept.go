@@ -3,10 +3,12 @@ package imserver
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,8 +30,9 @@ func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
 }
 
 // handleWS accepts a WebSocket. Cheap checks come first so that a refused
-// attempt never consumes a token it did not need to; the token is consumed
-// atomically and only by the node it was issued for.
+// attempt never consumes a token it did not need to, and the per-source
+// limits before anything that costs (the node-wide rate, a Redis lookup);
+// the token is consumed atomically and only by the node it was issued for.
 func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case s.draining.Load():
@@ -45,8 +48,21 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusServiceUnavailable, "redis_full", "redis is out of memory")
 		return
 	}
+	// Per source, before anything is spent on the attempt: its share of
+	// attempts, and no lookups while its failed tokens put it in backoff.
+	src := s.source(r)
+	if reason, retry := s.sources.admit(src); reason != "" {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(retry.Seconds())))))
+		msg := "too many connection attempts from this address"
+		if reason == "token_backoff" {
+			msg = "too many failed tokens from this address"
+		}
+		s.refuse(w, http.StatusTooManyRequests, reason, msg)
+		return
+	}
 	token := wire.TokenFromQuery(r.URL.RawQuery)
 	if token == "" {
+		s.sources.failed(src)
 		s.refuse(w, http.StatusUnauthorized, "bad_token", "missing or malformed token")
 		return
 	}
@@ -71,15 +87,18 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	rec, status := s.consumeToken(r.Context(), token)
 	switch status {
 	case tokenMissing:
+		s.sources.failed(src)
 		s.refuse(w, http.StatusUnauthorized, "token", "token missing, expired or already used")
 		return
 	case tokenForeign:
+		s.sources.failed(src)
 		s.refuse(w, http.StatusMisdirectedRequest, "foreign_token", "token was issued for another node")
 		return
 	case tokenRedisDown:
 		s.refuse(w, http.StatusServiceUnavailable, "redis", "redis unavailable")
 		return
 	}
+	s.sources.succeeded(src)
 
 	mu := s.stripe(rec.Client)
 	mu.Lock()
@@ -125,6 +144,20 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		cn.w.closeTCP()
 		s.serveConn(cn)
 	}
+}
+
+// source is the per-source key of r's client (clientAddr). A request that
+// names a client in forwarding headers from a peer that is not trusted is
+// logged once: behind a proxy that is not in -trusted-proxies, every client
+// shares the proxy's limits.
+func (s *Server) source(r *http.Request) sourceKey {
+	a, forwarded := clientAddr(r.RemoteAddr, r.Header, s.cfg.trusted)
+	if forwarded && !isTrusted(parseHost(r.RemoteAddr), s.cfg.trusted) && s.forwardedHint.CompareAndSwap(false, true) {
+		s.log.Warn("a connection attempt carries X-Forwarded-For or X-Real-IP from a peer not in -trusted-proxies; "+
+			"the headers are ignored, and if that peer is your proxy all its clients share one source's limits",
+			"peer", r.RemoteAddr)
+	}
+	return sourceOf(a)
 }
 
 // serveConn reads the socket until it closes, then detaches it.

@@ -38,6 +38,7 @@ func TestExitCodes(t *testing.T) {
 		{nil, []string{"-node-id", "has space", "-redis-url", redis.URL()}, "invalid node id"},
 		{nil, []string{"-redis-url", "nope://x"}, "invalid redis url"},
 		{nil, []string{"-public-url", "http://x/ws"}, "must start with ws://"},
+		{nil, []string{"-trusted-proxies", "10.0.0.0/8,proxy.internal"}, "invalid trusted proxy"},
 		{[]string{"IM_PING_INTERVAL=soon"}, nil, "IM_PING_INTERVAL"},
 		{nil, []string{"-no-such-flag"}, "flag provided but not defined"},
 	} {

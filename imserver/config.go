@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -67,6 +68,24 @@ type Config struct {
 	// ConnectRate is the most new sockets per second; more get HTTP 429.
 	// Default 0: unlimited.
 	ConnectRate int
+	// ConnectRatePerSource is the most connection attempts per second from
+	// one source (an IPv4 address or an IPv6 /64; see TrustedProxies), in
+	// bursts of up to two seconds' worth; more get HTTP 429. Checked before
+	// ConnectRate, so one source cannot spend the node's budget. Default
+	// 20; negative: unlimited.
+	ConnectRatePerSource int
+	// TokenFailuresPerSource is how many failed tokens (missing, expired,
+	// used, malformed, for another node) a source may present before each
+	// further failure refuses it with HTTP 429 without a Redis lookup, for
+	// 1 s doubling up to 30 s; a success halves its count, time forgets one
+	// failure per 30 s. Default 10; negative: off.
+	TokenFailuresPerSource int
+	// TrustedProxies are the addresses and CIDR prefixes of proxies whose
+	// X-Forwarded-For (rightmost entry that is not a trusted proxy) or,
+	// without it, X-Real-IP names the client for the per-source limits.
+	// Default empty: the TCP peer is the client.
+	TrustedProxies []string
+	trusted        []netip.Prefix // TrustedProxies, parsed by fill
 	// IdleTimeout closes an HTTP keep-alive connection that has sent no new
 	// request for this long (not WebSocket sockets). Default 60s.
 	IdleTimeout time.Duration
@@ -148,6 +167,16 @@ func (c *Config) fill() error {
 	if c.EventStreamMaxLen <= 0 {
 		c.EventStreamMaxLen = 100000
 	}
+	if c.ConnectRatePerSource == 0 {
+		c.ConnectRatePerSource = 20
+	}
+	if c.TokenFailuresPerSource == 0 {
+		c.TokenFailuresPerSource = 10
+	}
+	var err error
+	if c.trusted, err = parseTrustedProxies(c.TrustedProxies); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -203,6 +232,13 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	num(&c.MaxConns, "max-conns", "sockets per node, 0 = unlimited")
 	num(&c.MaxConnsPerClient, "max-conns-per-client", "sockets per clientId, 0 = unlimited")
 	num(&c.ConnectRate, "connect-rate", "new sockets per second, 0 = unlimited")
+	num(&c.ConnectRatePerSource, "connect-rate-per-source", "connection attempts per second from one IPv4 address or IPv6 /64 (default 20, -1 = unlimited)")
+	num(&c.TokenFailuresPerSource, "token-failures-per-source", "failed tokens from one source before it is refused without a lookup, 1s doubling to 30s (default 10, -1 = off)")
+	proxies := env("trusted-proxies", "")
+	fs.Func("trusted-proxies", withEnv("trusted-proxies", "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For or X-Real-IP names the client (default: none, the peer is the client)"), func(s string) error {
+		proxies = s
+		return nil
+	})
 	num(&c.InboundRate, "inbound-rate", "frames per second one socket may send, more closes with 1008 (default 10, -1 = unlimited)")
 	dur(&c.MoveWindow, "move-window", "window over which moved clients are closed (default 10s)")
 	dur(&c.DrainWindow, "drain-window", "window over which sockets are closed at shutdown (default 5s)")
@@ -218,6 +254,7 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	}
 	c.ReadLimit = int64(readLimit)
 	c.OriginPatterns = splitList(origins)
+	c.TrustedProxies = splitList(proxies)
 	return *c, nil
 }
 

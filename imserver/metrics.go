@@ -28,6 +28,7 @@ type metrics struct {
 	outboxDropped  prometheus.Counter
 	reconnects     prometheus.Counter
 	redisErrs      prometheus.Counter
+	untracked      prometheus.Counter
 	latency        prometheus.Histogram
 }
 
@@ -49,6 +50,7 @@ func newMetrics() *metrics {
 	m.outboxDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_outbox_dropped_total", Help: "Receipts for senders on other nodes dropped because the node's outbox was full."})
 	m.reconnects = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_redis_reconnects_total", Help: "Re-established Redis pub/sub subscriptions."})
 	m.redisErrs = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_redis_errors_total", Help: "Failed Redis commands."})
+	m.untracked = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_connect_sources_untracked_total", Help: "Connection attempts from sources the full per-source table could not track; they shared a per-shard budget."})
 	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "im_delivery_latency_seconds",
 		Help:    "Time from publish (the frame's ts, millisecond resolution) to the socket write.",
@@ -62,7 +64,7 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(build)
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(m.conns, m.clients, m.nodes, m.connects, m.refusals, m.closes, m.messagesIn,
-		m.delivered, m.dropped, m.slowCloses, m.malformed, m.overflow, m.unknownVersion, m.outboxDropped, m.reconnects, m.redisErrs, m.latency)
+		m.delivered, m.dropped, m.slowCloses, m.malformed, m.overflow, m.unknownVersion, m.outboxDropped, m.reconnects, m.redisErrs, m.untracked, m.latency)
 	return m
 }
 
@@ -88,6 +90,13 @@ func boolGauge(f func() bool) func() float64 {
 		}
 		return 0
 	}
+}
+
+// registerSources exports how many sources the per-source limits track.
+func (m *metrics) registerSources(n func() int64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "im_connect_sources", Help: "Sources (IPv4 addresses, IPv6 /64s) the per-source connect limits hold state for."}, func() float64 {
+		return float64(n())
+	}))
 }
 
 func (m *metrics) observeDelivery(ts int64) {

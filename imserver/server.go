@@ -32,7 +32,8 @@ import (
 // offline, joins, resync), registry.go (the lease and the registry loop,
 // reaping), heartbeat.go (the ping loop), subscriber.go (the pub/sub
 // connection and its workers), probe.go (the probe loop), outbox.go (what
-// the node publishes itself), ratelimit.go (the connect-rate limiter).
+// the node publishes itself), ratelimit.go (the connect-rate limiters),
+// source.go (whom an attempt comes from).
 // Every Redis command is in internal/store.
 type Server struct {
 	cfg     Config
@@ -44,6 +45,10 @@ type Server struct {
 	sub     *subscriber
 	outbox  *outbox
 	limiter *rateLimiter
+	sources *sourceLimiter // nil if both per-source limits are off
+	// forwardedHint is set once a forwarded request from an untrusted
+	// peer has been logged (-trusted-proxies may be missing).
+	forwardedHint atomic.Bool
 
 	// stripes serialise the presence and membership changes of one clientId
 	// (attach, detach, join, leave) so that their Redis writes keep order.
@@ -120,6 +125,13 @@ func New(cfg Config, redis rueidis.Client, logger *slog.Logger) (*Server, error)
 	s.outbox = newOutbox(s.st, s.metrics, s.log, cfg.RedisTimeout)
 	s.metrics.registerReady(s.Ready)
 	s.metrics.registerRedisMemory(s.redisFull.Load, s.redisUnsafe.Load)
+	s.sources = newSourceLimiter(cfg.ConnectRatePerSource, cfg.TokenFailuresPerSource, s.metrics.untracked.Inc)
+	s.metrics.registerSources(func() int64 {
+		if s.sources == nil {
+			return 0
+		}
+		return s.sources.tracked.Load()
+	})
 	return s, nil
 }
 
@@ -203,6 +215,9 @@ func (s *Server) Start() error {
 	s.startLoop(s.registryLoop)
 	s.startLoop(s.pingLoop)
 	s.startLoop(s.probeLoop)
+	if s.sources != nil {
+		s.startLoop(s.sources.sweepLoop)
+	}
 	httpSrv := s.httpSrv
 	s.startGoroutine(func() { _ = httpSrv.Serve(ln) })
 	s.log.Info("imserver started", "node", s.cfg.NodeID, "listen", s.ln.Addr().String(), "public_url", s.cfg.PublicURL, "version", version.Get().String())
