@@ -74,6 +74,7 @@ func (s *Server) newSockWriter(nc net.Conn) *sockWriter {
 	// The HTTP server's ReadTimeout left a read deadline on the connection;
 	// a WebSocket lives until it closes (the heartbeat finds dead peers).
 	_ = nc.SetReadDeadline(time.Time{})
+	limitUnsent(nc, sockUnsent)
 	return &sockWriter{Conn: nc, metrics: s.metrics, maxQueue: s.cfg.MaxQueueBytes, spawn: s.startGoroutine}
 }
 
@@ -112,7 +113,10 @@ func (c *conn) close(code websocket.StatusCode, msg, reason string) {
 		// library, and CloseNow is a no-op once Close has begun); bound it
 		// by closing the TCP connection under the library, which fails
 		// that read and ends the read loop, so a dead peer cannot hold the
-		// socket for long.
+		// socket for long. A close frame already written still reaches a
+		// peer that goes on reading (the kernel sends it, then FIN); one
+		// still queued is lost, which is why the writer keeps what can be
+		// ahead of it small (writeChunk, sockUnsent).
 		t := time.AfterFunc(2*time.Second, c.w.closeTCP)
 		_ = c.ws.Close(code, msg)
 		t.Stop()

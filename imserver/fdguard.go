@@ -75,6 +75,9 @@ type guardedConn struct {
 	once sync.Once
 }
 
+// NetConn is the accepted connection, for socket options (limitUnsent).
+func (c *guardedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *guardedConn) Close() error {
 	c.once.Do(func() { c.g.open.Add(-1) })
 	return c.Conn.Close()

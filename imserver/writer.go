@@ -36,7 +36,12 @@ type outFrame struct {
 //   - Once a close frame is queued nothing more is accepted, so no data
 //     frame can follow a close frame (RFC 6455 §5.5.1). Data queued before
 //     it still goes out first: a drain or a kick does not lose what was
-//     accepted; a slow consumer's backlog is dropped instead (stopData).
+//     accepted; a slow consumer's backlog is dropped instead (stopData),
+//     the rest of the batch being written included.
+//   - A batch is written writeChunk bytes at a time, and the kernel holds
+//     at most sockUnsent unsent bytes (limitUnsent), so that a slow
+//     consumer's close frame follows tens of kilobytes, not the megabytes
+//     a backlog and an autotuned send buffer would put ahead of it.
 //
 // A writer goroutine exists only while the queue is non-empty, so an idle
 // socket costs no goroutine here.
@@ -59,7 +64,11 @@ type sockWriter struct {
 	closed      bool          // Close was called; guarded by mu
 	idle        chan struct{} // closed when the writer exits, while Close waits; guarded by mu
 
-	// writeSince is when the current batch write started (unix nanos), 0
+	// cut is set with dataStopped when the backlog is dropped: the writer
+	// then drops the data frames of its batch it has not written yet.
+	cut atomic.Bool
+
+	// writeSince is when the current write started (unix nanos), 0
 	// while idle. The heartbeat drops a socket whose write takes longer
 	// than WriteTimeout; a deadline per write would cost a timer
 	// registration per delivered frame.
@@ -68,6 +77,16 @@ type sockWriter struct {
 
 // closeFlush bounds how long Close waits for queued frames to be written.
 const closeFlush = time.Second
+
+// writeChunk bounds one write(2). Between writes the writer can drop a slow
+// consumer's remaining data, so at most this much of it (or one larger
+// frame) is still written ahead of the close frame. A reader keeping up
+// leaves batches smaller than this.
+const writeChunk = 16 << 10
+
+// sockUnsent is the socket's TCP_NOTSENT_LOWAT (limitUnsent): how much the
+// kernel holds that the peer's window did not yet take.
+const sockUnsent = 16 << 10
 
 var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
@@ -126,6 +145,7 @@ func (w *sockWriter) stopData(drop bool) {
 	w.mu.Lock()
 	w.dataStopped = true
 	if drop {
+		w.cut.Store(true)
 		kept := w.queue[:0]
 		for _, f := range w.queue {
 			if f.ctrl {
@@ -202,33 +222,61 @@ func (w *sockWriter) exitLocked() {
 	}
 }
 
-// writeBatch sends frames with one write and returns their queued size.
+// writeBatch sends frames, whole, with one write per writeChunk bytes, and
+// returns their queued size. Once the backlog is cut (stopData), the data
+// frames not yet written are dropped; control frames still go.
 func (w *sockWriter) writeBatch(batch []outFrame) (int, error) {
-	w.writeSince.Store(time.Now().UnixNano())
-	defer w.writeSince.Store(0)
 	bp := batchBufs.Get().(*[]byte)
 	buf := (*bp)[:0]
 	n := 0
-	for _, f := range batch {
+	cut := w.cut.Load()
+	first := 0 // batch[first:] is not written yet
+	var err error
+	for i, f := range batch {
+		n += len(f.b)
 		if !f.ctrl {
+			if cut {
+				continue
+			}
 			buf = wire.AppendFrameHeader(buf, wire.OpText, len(f.b))
 		}
 		buf = append(buf, f.b...)
-		n += len(f.b)
+		if len(buf) < writeChunk && i < len(batch)-1 {
+			continue
+		}
+		if err = w.write(buf); err != nil {
+			for _, f := range batch[i+1:] {
+				n += len(f.b)
+			}
+			break
+		}
+		if !cut {
+			for _, f := range batch[first : i+1] {
+				if !f.ctrl {
+					w.metrics.observeDelivery(f.ts)
+				}
+			}
+		}
+		buf, first = buf[:0], i+1
+		cut = w.cut.Load()
 	}
-	_, err := w.Conn.Write(buf)
+	if len(buf) > 0 && err == nil { // only control frames after a cut
+		err = w.write(buf)
+	}
 	if cap(buf) <= 64<<10 {
 		*bp = buf[:0]
 		batchBufs.Put(bp)
 	}
-	if err == nil {
-		for _, f := range batch {
-			if !f.ctrl {
-				w.metrics.observeDelivery(f.ts)
-			}
-		}
-	}
 	return n, err
+}
+
+// write is one write(2) of whole frames, timed for the heartbeat's stuck
+// check.
+func (w *sockWriter) write(b []byte) error {
+	w.writeSince.Store(time.Now().UnixNano())
+	_, err := w.Conn.Write(b)
+	w.writeSince.Store(0)
+	return err
 }
 
 // Close is how coder/websocket ends the connection, right after it queued
