@@ -40,7 +40,7 @@ func (c *Client) NodeInfos(ctx context.Context) ([]NodeStatus, error) {
 	if err := c.check(); err != nil {
 		return nil, err
 	}
-	sts, err := c.st.NodeStatuses(ctx)
+	sts, err := call(c, ctx, "NodeInfos", c.st.NodeStatuses)
 	if err != nil {
 		return nil, fmt.Errorf("failed to read node registry: %w", err)
 	}
@@ -62,7 +62,7 @@ func (c *Client) OnlineNode(ctx context.Context, id string) (string, error) {
 	if err := wire.ValidateClientID(id); err != nil {
 		return "", err
 	}
-	return c.st.ClientNode(ctx, id)
+	return call(c, ctx, "OnlineNode", func(ctx context.Context) (string, error) { return c.st.ClientNode(ctx, id) })
 }
 
 // ChanMemberCounts returns the number of members of each channel, online
@@ -74,7 +74,7 @@ func (c *Client) ChanMemberCounts(ctx context.Context, chans []string) ([]int64,
 			return nil, err
 		}
 	}
-	return c.st.ChanSizes(ctx, chans)
+	return call(c, ctx, "ChanMemberCounts", func(ctx context.Context) ([]int64, error) { return c.st.ChanSizes(ctx, chans) })
 }
 
 // ValidateRedisURL reports whether url is a Redis URL that New can dial,

@@ -18,14 +18,16 @@ func (c *Client) JoinChan(ctx context.Context, id string, chans ...string) error
 	if err := c.checkMembership(id, chans); err != nil || len(chans) == 0 {
 		return err
 	}
-	node, err := c.st.Join(ctx, id, chans)
-	if err != nil {
-		return fmt.Errorf("failed to join: %w", err)
-	}
-	if node == "" {
-		return nil // not online: the node loads the membership on connect
-	}
-	return c.notify(ctx, wire.NodeMsg{Kind: wire.KindJoin, Client: id, Chans: chans}, node)
+	return call0(c, ctx, "JoinChan", func(ctx context.Context) error {
+		node, err := c.st.Join(ctx, id, chans)
+		if err != nil {
+			return fmt.Errorf("failed to join: %w", err)
+		}
+		if node == "" {
+			return nil // not online: the node loads the membership on connect
+		}
+		return c.notify(ctx, wire.NodeMsg{Kind: wire.KindJoin, Client: id, Chans: chans}, node)
+	})
 }
 
 // LeaveChan removes client id from channels. It is idempotent.
@@ -33,19 +35,23 @@ func (c *Client) LeaveChan(ctx context.Context, id string, chans ...string) erro
 	if err := c.checkMembership(id, chans); err != nil || len(chans) == 0 {
 		return err
 	}
-	node, err := c.st.Leave(ctx, id, chans)
-	if err != nil {
-		return fmt.Errorf("failed to leave: %w", err)
-	}
-	if node == "" {
-		return nil
-	}
-	return c.notify(ctx, wire.NodeMsg{Kind: wire.KindLeave, Client: id, Chans: chans}, node)
+	return call0(c, ctx, "LeaveChan", func(ctx context.Context) error {
+		node, err := c.st.Leave(ctx, id, chans)
+		if err != nil {
+			return fmt.Errorf("failed to leave: %w", err)
+		}
+		if node == "" {
+			return nil
+		}
+		return c.notify(ctx, wire.NodeMsg{Kind: wire.KindLeave, Client: id, Chans: chans}, node)
+	})
 }
 
 // JoinChanClients adds several clients to one channel (the by-channel form
-// of JoinChan).
+// of JoinChan). Options.CallTimeout bounds the whole call.
 func (c *Client) JoinChanClients(ctx context.Context, ch string, ids ...string) error {
+	ctx, cancel := bound(ctx, c.opt.CallTimeout)
+	defer cancel()
 	for _, id := range ids {
 		if err := c.JoinChan(ctx, id, ch); err != nil {
 			return err
@@ -56,6 +62,8 @@ func (c *Client) JoinChanClients(ctx context.Context, ch string, ids ...string) 
 
 // LeaveChanClients removes several clients from one channel.
 func (c *Client) LeaveChanClients(ctx context.Context, ch string, ids ...string) error {
+	ctx, cancel := bound(ctx, c.opt.CallTimeout)
+	defer cancel()
 	for _, id := range ids {
 		if err := c.LeaveChan(ctx, id, ch); err != nil {
 			return err
@@ -79,7 +87,7 @@ func (c *Client) checkMembership(id string, chans []string) error {
 	return nil
 }
 
-// notify publishes a control message to nodes.
+// notify publishes a control message to nodes. It runs inside a call.
 func (c *Client) notify(ctx context.Context, h wire.NodeMsg, nodes ...string) error {
 	h.Version = c.view.Load().proto
 	msg := wire.EncodeNodeMsg(h)
@@ -98,9 +106,11 @@ func (c *Client) GetChanClientList(ctx context.Context, ch string) ([]string, er
 	if err := wire.ValidateChannel(ch); err != nil {
 		return nil, err
 	}
-	ids, err := c.st.ChanMembers(ctx, ch)
-	slices.Sort(ids)
-	return ids, err
+	return call(c, ctx, "GetChanClientList", func(ctx context.Context) ([]string, error) {
+		ids, err := c.st.ChanMembers(ctx, ch)
+		slices.Sort(ids)
+		return ids, err
+	})
 }
 
 // ChanInfo is a channel with its number of online members.
@@ -112,6 +122,10 @@ type ChanInfo struct {
 // GetChanList returns every channel with at least one member, with its
 // online member count, sorted by name.
 func (c *Client) GetChanList(ctx context.Context) ([]ChanInfo, error) {
+	return call(c, ctx, "GetChanList", c.getChanList)
+}
+
+func (c *Client) getChanList(ctx context.Context) ([]ChanInfo, error) {
 	names, err := c.st.Chans(ctx)
 	if err != nil || len(names) == 0 {
 		return nil, err
@@ -133,9 +147,11 @@ func (c *Client) GetChanListByClientId(ctx context.Context, id string) ([]string
 	if err := wire.ValidateClientID(id); err != nil {
 		return nil, err
 	}
-	chans, err := c.st.ClientChans(ctx, id)
-	slices.Sort(chans)
-	return chans, err
+	return call(c, ctx, "GetChanListByClientId", func(ctx context.Context) ([]string, error) {
+		chans, err := c.st.ClientChans(ctx, id)
+		slices.Sort(chans)
+		return chans, err
+	})
 }
 
 // GetChanOnline returns the number of online members of ch.
@@ -143,9 +159,11 @@ func (c *Client) GetChanOnline(ctx context.Context, ch string) (int, error) {
 	if err := wire.ValidateChannel(ch); err != nil {
 		return 0, err
 	}
-	counts, err := c.st.ChanOnline(ctx, []string{ch})
-	if err != nil {
-		return 0, fmt.Errorf("failed to count channel members: %w", err)
-	}
-	return counts[0], nil
+	return call(c, ctx, "GetChanOnline", func(ctx context.Context) (int, error) {
+		counts, err := c.st.ChanOnline(ctx, []string{ch})
+		if err != nil {
+			return 0, fmt.Errorf("failed to count channel members: %w", err)
+		}
+		return counts[0], nil
+	})
 }

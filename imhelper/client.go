@@ -2,6 +2,7 @@ package imhelper
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -34,6 +35,12 @@ type Options struct {
 	RefreshInterval time.Duration
 	// Logger receives background errors. Default slog.Default().
 	Logger *slog.Logger
+	// CallTimeout bounds every call whose context has no deadline, New
+	// included (OnlineClients: each page). A call returns by its deadline,
+	// this one or its context's, even while Redis hangs, with an error that
+	// is ErrRedisTimeout (and context.DeadlineExceeded). Default
+	// DefaultCallTimeout (5s).
+	CallTimeout time.Duration
 }
 
 // Client talks to imserver nodes through Redis.
@@ -46,10 +53,16 @@ type Client struct {
 
 	view atomic.Pointer[nodeView]
 
+	bg      context.Context // ends on Close
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	closed  atomic.Bool
 	refresh chan struct{}
+
+	// calls counts the calls in flight (see call); mu orders their start
+	// with Close, so that none starts once Close waits for them.
+	mu    sync.RWMutex
+	calls sync.WaitGroup
 }
 
 // nodeView is an immutable snapshot of the live nodes.
@@ -63,6 +76,8 @@ type nodeView struct {
 
 // New creates a Client and loads the node view once. It does not fail when
 // no node is up yet; calls that need one return ErrNoNodes until one is.
+// Like every call it returns by ctx's deadline, or Options.CallTimeout if
+// ctx has none, with ErrRedisTimeout if Redis did not answer by then.
 func New(ctx context.Context, opt Options) (*Client, error) {
 	if opt.RedisURL == "" {
 		opt.RedisURL = "redis://127.0.0.1:6379/0"
@@ -82,45 +97,103 @@ func New(ctx context.Context, opt Options) (*Client, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
+	if opt.CallTimeout <= 0 {
+		opt.CallTimeout = DefaultCallTimeout
+	}
 	c := &Client{
 		opt:     opt,
 		rc:      opt.Redis,
 		log:     opt.Logger,
 		refresh: make(chan struct{}, 1),
 	}
-	if c.rc == nil {
-		var err error
-		if c.rc, err = store.Dial(opt.RedisURL); err != nil {
-			return nil, err
-		}
-		c.ownsRC = true
-	}
-	c.st = store.NewRedis(c.rc, store.Options{Prefix: opt.Prefix})
 	c.view.Store(&nodeView{})
-	if err := c.loadNodes(ctx); err != nil {
-		if c.ownsRC {
-			c.rc.Close()
-		}
-		return nil, fmt.Errorf("failed to read node registry: %w", err)
+	if err := c.connect(ctx); err != nil {
+		return nil, err
 	}
 	bg, stop := context.WithCancel(context.Background())
-	c.stop = stop
+	c.bg, c.stop = bg, stop
 	c.wg.Add(1)
 	go c.refreshLoop(bg)
 	return c, nil
 }
 
-// Close stops background work and closes the Redis client if the Client
-// dialled it.
+// connect dials Redis unless Options.Redis was given, and loads the node
+// view, by ctx's deadline (or CallTimeout): rueidis dials when the client is
+// made, with its own dial timeout. A client that comes up after New gave up
+// is closed when it does.
+func (c *Client) connect(ctx context.Context) error {
+	ctx, cancel := bound(ctx, c.opt.CallTimeout)
+	defer cancel()
+	type result struct {
+		rc  rueidis.Client
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rc, ownsRC := c.opt.Redis, false
+		if rc == nil {
+			var err error
+			if rc, err = store.Dial(c.opt.RedisURL); err != nil {
+				done <- result{nil, err}
+				return
+			}
+			ownsRC = true
+		}
+		// c is not shared yet; the view written by an abandoned dial is
+		// never read.
+		st := store.NewRedis(rc, store.Options{Prefix: c.opt.Prefix})
+		if err := loadNodes(ctx, st, &c.view); err != nil {
+			if ownsRC {
+				rc.Close()
+			}
+			done <- result{nil, fmt.Errorf("failed to read node registry: %w", err)}
+			return
+		}
+		done <- result{rc, nil}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		select {
+		case r = <-done:
+		default:
+			go func() { // close what comes up too late (within rueidis' dial timeout)
+				if r := <-done; r.err == nil && c.opt.Redis == nil {
+					r.rc.Close()
+				}
+			}()
+			return ctxError("New", ctx)
+		}
+	}
+	if r.err != nil {
+		if isTimeout(r.err) {
+			return &redisTimeout{op: "New", err: r.err}
+		}
+		return r.err
+	}
+	c.rc, c.ownsRC = r.rc, c.opt.Redis == nil
+	c.st = store.NewRedis(c.rc, store.Options{Prefix: c.opt.Prefix})
+	return nil
+}
+
+// Close stops background work, waits for the calls in flight (a call that
+// returned ErrRedisTimeout may still be waiting in the Redis client, for at
+// most its timeouts: a few seconds with DialRedis' client) and closes the
+// Redis client if the Client dialled it.
 func (c *Client) Close() {
-	if c.closed.Swap(true) {
+	c.mu.Lock()
+	already := c.closed.Swap(true)
+	c.mu.Unlock()
+	if already {
 		return
 	}
 	c.stop()
 	c.wg.Wait()
 	if c.ownsRC {
-		c.rc.Close()
+		c.rc.Close() // fails the commands still waiting
 	}
+	c.calls.Wait()
 }
 
 // Redis returns the underlying client, e.g. for business data in the same
@@ -147,16 +220,20 @@ func (c *Client) refreshLoop(ctx context.Context) {
 		case <-t.C:
 		case <-c.refresh:
 		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := c.loadNodes(cctx); err != nil && ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+		if err := c.RefreshNodes(cctx); err != nil && ctx.Err() == nil && !errors.Is(err, ErrClosed) {
 			c.log.Warn("imhelper: node registry refresh failed", "err", err)
 		}
 		cancel()
 	}
 }
 
-func (c *Client) loadNodes(ctx context.Context) error {
-	live, _, err := c.st.Nodes(ctx)
+// refreshTimeout bounds one background reload of the node view.
+const refreshTimeout = 5 * time.Second
+
+// loadNodes reads the live nodes into *view. Callers bound it (call).
+func loadNodes(ctx context.Context, st store.Registry, view *atomic.Pointer[nodeView]) error {
+	live, _, err := st.Nodes(ctx)
 	if err != nil {
 		return err
 	}
@@ -165,7 +242,7 @@ func (c *Client) loadNodes(ctx context.Context) error {
 		v.ids = append(v.ids, n.ID)
 		v.urls[n.ID] = n.URL
 	}
-	c.view.Store(v)
+	view.Store(v)
 	return nil
 }
 
@@ -177,15 +254,17 @@ func (c *Client) Owner(clientID string) string { return wire.Owner(clientID, c.v
 
 // RefreshNodes reloads the node view now instead of waiting for the next
 // refresh.
-func (c *Client) RefreshNodes(ctx context.Context) error { return c.loadNodes(ctx) }
+func (c *Client) RefreshNodes(ctx context.Context) error {
+	return call0(c, ctx, "RefreshNodes", func(ctx context.Context) error { return loadNodes(ctx, c.st, &c.view) })
+}
 
 // nodes returns the current view, reloading it first if it is empty, so a
 // service started together with its first node does not fail for a refresh
-// interval.
+// interval. It runs inside a call.
 func (c *Client) nodes(ctx context.Context) *nodeView {
 	v := c.view.Load()
 	if len(v.ids) == 0 {
-		if err := c.loadNodes(ctx); err == nil {
+		if err := loadNodes(ctx, c.st, &c.view); err == nil {
 			v = c.view.Load()
 		}
 	}

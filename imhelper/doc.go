@@ -12,4 +12,11 @@
 //
 // A Client is safe for concurrent use. It routes without a Redis round trip
 // per send: it keeps a view of the live nodes, refreshed in the background.
+//
+// Every call that talks to Redis returns by its context's deadline, or by
+// Options.CallTimeout (DefaultCallTimeout, 5 s) if the context has none,
+// even while Redis hangs; it then fails with an error that is both
+// ErrRedisTimeout and context.DeadlineExceeded. Such a call may still have
+// taken effect. EventBus and ConsumeEvents run until their context ends
+// and then return ctx.Err().
 package imhelper

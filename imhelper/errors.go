@@ -32,4 +32,10 @@ var (
 	ErrRedisFull = store.ErrRedisFull
 	// ErrClosed: the Client was closed.
 	ErrClosed = errors.New("imhelper: client closed")
+	// ErrRedisTimeout: Redis did not answer by the call's deadline (its
+	// context's, or Options.CallTimeout for a context without one), e.g.
+	// because it hangs. The call returned at that deadline; what it sent
+	// may still take effect (a message be delivered, a token be stored). An
+	// error that is ErrRedisTimeout is also context.DeadlineExceeded.
+	ErrRedisTimeout = errors.New("redis did not answer in time")
 )

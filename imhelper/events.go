@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/imbroker/imbroker/internal/store"
@@ -35,35 +36,75 @@ func toEvent(w wire.Event, streamID string) Event {
 // published on Redis pub/sub, in order, from one goroutine, until ctx ends;
 // then it returns ctx.Err(). It reconnects by itself. Delivery is at most
 // once: events published while it is not subscribed are not seen; use
-// ConsumeEvents for events that must not be lost.
+// ConsumeEvents for events that must not be lost. It returns when ctx ends
+// even while Redis hangs (the subscription then winds down in the
+// background), or with ErrClosed when the Client is closed, and calls
+// neither function after it returned.
 func (c *Client) EventBus(ctx context.Context, onOnline, onOffline func(Event)) error {
-	queue := make(chan wire.Event, 4096)
-	done := make(chan struct{})
+	if err := c.begin(); err != nil {
+		return err
+	}
+	// The subscription also ends on Close, which waits for it.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopOnClose := context.AfterFunc(c.bg, cancel)
+	defer stopOnClose()
+	var (
+		mu      sync.Mutex
+		stopped bool // EventBus returned: no more calls
+	)
+	handle := func(e wire.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case stopped:
+		case e.Type == wire.EventOnline && onOnline != nil:
+			onOnline(toEvent(e, ""))
+		case e.Type == wire.EventOffline && onOffline != nil:
+			onOffline(toEvent(e, ""))
+		}
+	}
+	ended := make(chan error, 1)
 	go func() {
-		defer close(done)
-		for e := range queue {
-			switch {
-			case e.Type == wire.EventOnline && onOnline != nil:
-				onOnline(toEvent(e, ""))
-			case e.Type == wire.EventOffline && onOffline != nil:
-				onOffline(toEvent(e, ""))
+		defer c.calls.Done()
+		queue := make(chan wire.Event, 4096)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for e := range queue {
+				handle(e)
 			}
-		}
+		}()
+		err := c.st.SubscribeEvents(sctx, func(payload []byte) {
+			e, err := wire.DecodeEvent(payload)
+			if err != nil {
+				c.log.Warn("imhelper: ignored malformed event", "err", err)
+				return
+			}
+			select {
+			case queue <- e:
+			case <-sctx.Done():
+			}
+		}, func(err error) {
+			c.log.Warn("imhelper: event subscription lost; resubscribing", "err", err)
+		})
+		close(queue)
+		<-done
+		ended <- err
 	}()
-	defer func() { close(queue); <-done }()
-	return c.st.SubscribeEvents(ctx, func(payload []byte) {
-		e, err := wire.DecodeEvent(payload)
-		if err != nil {
-			c.log.Warn("imhelper: ignored malformed event", "err", err)
-			return
-		}
-		select {
-		case queue <- e:
-		case <-ctx.Done():
-		}
-	}, func(err error) {
-		c.log.Warn("imhelper: event subscription lost; resubscribing", "err", err)
-	})
+	var err error
+	select {
+	case err = <-ended:
+	case <-sctx.Done():
+		err = ctx.Err()
+	}
+	if ctx.Err() == nil && c.closed.Load() {
+		err = ErrClosed
+	}
+	mu.Lock() // waits for a call in progress
+	stopped = true
+	mu.Unlock()
+	return err
 }
 
 // ConsumeOptions tunes ConsumeEvents; zero values mean the defaults given.
@@ -89,8 +130,24 @@ type ConsumeOptions struct {
 // leaves it pending and it is retried. Entries left pending by an earlier run
 // of this consumer are handled first, so a consumer that restarts misses
 // nothing that was appended while it was away (within the stream's cap). It
-// returns when ctx ends.
+// returns ctx.Err() when ctx ends, even while Redis hangs, or ErrClosed when
+// the Client is closed. Each Redis
+// command it sends is bounded by Options.CallTimeout (a read by Block plus
+// CallTimeout): a Redis that does not answer is logged and retried, not
+// waited for; only the first XGROUP CREATE failing ends the call.
 func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, handler func(context.Context, Event) error, opts ...ConsumeOptions) error {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopOnClose := context.AfterFunc(c.bg, cancel)
+	defer stopOnClose()
+	err := c.consumeEvents(cctx, group, consumer, handler, opts...)
+	if ctx.Err() == nil && c.closed.Load() {
+		return ErrClosed
+	}
+	return err
+}
+
+func (c *Client) consumeEvents(ctx context.Context, group, consumer string, handler func(context.Context, Event) error, opts ...ConsumeOptions) error {
 	var o ConsumeOptions
 	if len(opts) > 0 {
 		o = opts[0]
@@ -110,7 +167,23 @@ func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, hand
 	if group == "" || consumer == "" {
 		return errors.New("imhelper: ConsumeEvents needs a group and a consumer name")
 	}
-	if err := c.st.CreateGroup(ctx, group, o.FromStart); err != nil {
+	// Every command is bounded, even on a ctx with no deadline (the usual
+	// case here): a hung Redis is noticed, logged and retried.
+	bounded := func(d time.Duration, fn func(context.Context) ([]store.StreamEvent, error)) ([]store.StreamEvent, error) {
+		bctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return call(c, bctx, "ConsumeEvents", fn)
+	}
+	createGroup := func(fromStart bool) error {
+		_, err := bounded(c.opt.CallTimeout, func(ctx context.Context) ([]store.StreamEvent, error) {
+			return nil, c.st.CreateGroup(ctx, group, fromStart)
+		})
+		return err
+	}
+	if err := createGroup(o.FromStart); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		return fmt.Errorf("failed to create consumer group: %w", err)
 	}
 	pause := func(d time.Duration) error {
@@ -134,25 +207,34 @@ func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, hand
 		switch {
 		case pendingFirst:
 			// Our own unacknowledged entries, from a previous run or a failed handler.
-			entries, err = c.st.ReadGroup(ctx, group, consumer, "0", o.Count, 0)
+			entries, err = bounded(c.opt.CallTimeout, func(ctx context.Context) ([]store.StreamEvent, error) {
+				return c.st.ReadGroup(ctx, group, consumer, "0", o.Count, 0)
+			})
 			if err == nil && len(entries) == 0 {
 				pendingFirst = false
 				continue
 			}
 		case time.Since(lastClaim) > o.ClaimIdle/2:
 			lastClaim = time.Now()
-			entries, err = c.st.Claim(ctx, group, consumer, o.ClaimIdle, o.Count)
+			entries, err = bounded(c.opt.CallTimeout, func(ctx context.Context) ([]store.StreamEvent, error) {
+				return c.st.Claim(ctx, group, consumer, o.ClaimIdle, o.Count)
+			})
 		default:
-			entries, err = c.st.ReadGroup(ctx, group, consumer, ">", o.Count, o.Block)
+			entries, err = bounded(o.Block+c.opt.CallTimeout, func(ctx context.Context) ([]store.StreamEvent, error) {
+				return c.st.ReadGroup(ctx, group, consumer, ">", o.Count, o.Block)
+			})
 		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			if errors.Is(err, ErrClosed) {
+				return err
+			}
 			if errors.Is(err, store.ErrNoGroup) {
 				// The stream was lost (e.g. Redis restarted empty): every entry
 				// in the new one is new to us, so read it from the start.
-				if err := c.st.CreateGroup(ctx, group, true); err != nil {
+				if err := createGroup(true); err != nil {
 					c.log.Warn("imhelper: recreating consumer group failed", "err", err)
 				}
 			} else {
@@ -181,7 +263,7 @@ func (c *Client) ConsumeEvents(ctx context.Context, group, consumer string, hand
 			// ended meanwhile (a Ctrl-C, a shutdown), or the next run
 			// handles the event a second time.
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ackTimeout)
-			if err := c.st.Ack(actx, group, en.ID); err != nil {
+			if err := call0(c, actx, "ConsumeEvents", func(ctx context.Context) error { return c.st.Ack(ctx, group, en.ID) }); err != nil {
 				c.log.Warn("imhelper: XACK failed; the event will be handled again", "id", en.ID, "err", err)
 			}
 			cancel()

@@ -26,22 +26,24 @@ func (c *Client) PrevConnectServer(ctx context.Context, clientID, meta string) (
 	if err := wire.ValidateMeta(meta); err != nil {
 		return "", err
 	}
-	v := c.nodes(ctx)
-	node := wire.Owner(clientID, v.ids)
-	if node == "" {
-		return "", ErrNoNodes
-	}
-	tok := wire.NewToken()
-	rec, _ := json.Marshal(wire.TokenRecord{Node: node, Client: clientID, Meta: meta, Issued: time.Now().UnixMilli()})
-	if err := c.st.IssueToken(ctx, tok, rec, c.opt.TokenTTL); err != nil {
-		return "", fmt.Errorf("failed to store token: %w", err)
-	}
-	u := v.urls[node]
-	sep := "?"
-	if strings.Contains(u, "?") {
-		sep = "&"
-	}
-	return u + sep + "token=" + url.QueryEscape(tok), nil
+	return call(c, ctx, "PrevConnectServer", func(ctx context.Context) (string, error) {
+		v := c.nodes(ctx)
+		node := wire.Owner(clientID, v.ids)
+		if node == "" {
+			return "", ErrNoNodes
+		}
+		tok := wire.NewToken()
+		rec, _ := json.Marshal(wire.TokenRecord{Node: node, Client: clientID, Meta: meta, Issued: time.Now().UnixMilli()})
+		if err := c.st.IssueToken(ctx, tok, rec, c.opt.TokenTTL); err != nil {
+			return "", fmt.Errorf("failed to store token: %w", err)
+		}
+		u := v.urls[node]
+		sep := "?"
+		if strings.Contains(u, "?") {
+			sep = "&"
+		}
+		return u + sep + "token=" + url.QueryEscape(tok), nil
+	})
 }
 
 // SendOption changes one SendMessage call.
@@ -101,6 +103,13 @@ func (c *Client) SendMessage(ctx context.Context, from string, to []string, payl
 	if err != nil {
 		return "", err
 	}
+	return call(c, ctx, "SendMessage", func(ctx context.Context) (string, error) {
+		return c.sendMessage(ctx, from, to, m, o)
+	})
+}
+
+// sendMessage is SendMessage's work, inside a call.
+func (c *Client) sendMessage(ctx context.Context, from string, to []string, m message, o sendOptions) (string, error) {
 	v := c.nodes(ctx)
 	nodes := v.ids
 	if len(nodes) == 0 {
@@ -168,10 +177,12 @@ func (c *Client) SendChanMessage(ctx context.Context, from, ch string, payload a
 	if err != nil {
 		return "", err
 	}
-	if err := c.st.PublishChannel(ctx, ch, wire.ChannelFrame(m.id, from, ch, m.ts, m.data)); err != nil {
-		return "", fmt.Errorf("failed to publish: %w", err)
-	}
-	return m.id, nil
+	return call(c, ctx, "SendChanMessage", func(ctx context.Context) (string, error) {
+		if err := c.st.PublishChannel(ctx, ch, wire.ChannelFrame(m.id, from, ch, m.ts, m.data)); err != nil {
+			return "", fmt.Errorf("failed to publish: %w", err)
+		}
+		return m.id, nil
+	})
 }
 
 // SendBroadcastMessage sends payload to every online client on every node
@@ -181,10 +192,12 @@ func (c *Client) SendBroadcastMessage(ctx context.Context, payload any) (string,
 	if err != nil {
 		return "", err
 	}
-	if err := c.st.PublishBroadcast(ctx, wire.BroadcastFrame(m.id, m.ts, m.data)); err != nil {
-		return "", fmt.Errorf("failed to publish: %w", err)
-	}
-	return m.id, nil
+	return call(c, ctx, "SendBroadcastMessage", func(ctx context.Context) (string, error) {
+		if err := c.st.PublishBroadcast(ctx, wire.BroadcastFrame(m.id, m.ts, m.data)); err != nil {
+			return "", fmt.Errorf("failed to publish: %w", err)
+		}
+		return m.id, nil
+	})
 }
 
 // encodePayload turns payload into compact JSON: []byte, json.RawMessage and

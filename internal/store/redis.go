@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -116,15 +117,37 @@ func CheckURL(url string) error {
 	return nil
 }
 
+// Timeouts of the clients Dial builds, unless the URL sets them
+// (dial_timeout=, write_timeout=). rueidis' defaults are 5 s and 10 s.
+const (
+	// DialTimeout bounds a connect and its HELLO handshake. rueidis makes
+	// every command that needs a connection being (re)dialled wait for that
+	// dial, whatever the command's own deadline, so this is how long a hung
+	// Redis can hold a command past its deadline.
+	DialTimeout = 2 * time.Second
+	// ConnTimeout is rueidis' ConnWriteTimeout: a connection whose
+	// keepalive PING (sent after 1 s without replies) or synchronous command
+	// gets no answer for this long is closed and its commands fail. It is how
+	// soon commands without a deadline give up on a hung Redis (about
+	// 1 s + ConnTimeout). Blocking commands (XREADGROUP BLOCK) are exempt.
+	ConnTimeout = 3 * time.Second
+)
+
 // Dial builds the rueidis client for a redis:// or rediss:// URL: the one
 // way both sides connect, with client-side caching off (nothing here reads
-// the same key twice).
+// the same key twice) and DialTimeout and ConnTimeout.
 func Dial(url string) (rueidis.Client, error) {
 	opt, err := rueidis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("failed to parse redis url: %w", err)
 	}
 	opt.DisableCache = true
+	if opt.Dialer.Timeout == 0 {
+		opt.Dialer.Timeout = DialTimeout
+	}
+	if opt.ConnWriteTimeout == 0 {
+		opt.ConnWriteTimeout = ConnTimeout
+	}
 	rc, err := rueidis.NewClient(opt)
 	if err != nil {
 		return nil, fmt.Errorf("failed to connect to redis: %w", err)
