@@ -47,6 +47,11 @@ func startTestNode(t *testing.T, cfg Config) *Server {
 	}
 	cfg.Listen = "127.0.0.1:0"
 	cfg.NodeID = "solo"
+	// Every test client dials from 127.0.0.1: one source. The per-source
+	// limits have their own tests (flood_internal_test.go).
+	if cfg.ConnectRatePerSource == 0 {
+		cfg.ConnectRatePerSource = -1
+	}
 	s, err := New(cfg, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -3,13 +3,10 @@ package imserver
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -66,17 +63,7 @@ func dialSlow(t *testing.T, wsURL string, rcvbuf, per int) *rawClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	var key [16]byte
-	_, _ = rand.Read(key[:])
-	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n\r\n", u.RequestURI(), u.Host, base64.StdEncoding.EncodeToString(key[:]))
-	br := bufio.NewReaderSize(&throttled{c: c, per: per}, 4096)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("handshake: %v %v", resp, err)
-	}
-	return &rawClient{c: c, br: br}
+	return handshakeRaw(t, c, u, bufio.NewReaderSize(&throttled{c: c, per: per}, 4096))
 }
 
 // slowResult is what one slow client saw.

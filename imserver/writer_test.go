@@ -46,12 +46,18 @@ func dialRaw(t *testing.T, wsURL string) *rawClient {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return handshakeRaw(t, c, u, bufio.NewReader(c))
+}
+
+// handshakeRaw sends the upgrade request for u on c and reads the answer
+// through br, which reads c.
+func handshakeRaw(t *testing.T, c net.Conn, u *url.URL, br *bufio.Reader) *rawClient {
+	t.Helper()
 	t.Cleanup(func() { c.Close() })
 	var key [16]byte
 	_, _ = rand.Read(key[:])
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n\r\n", u.RequestURI(), u.Host, base64.StdEncoding.EncodeToString(key[:]))
-	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("handshake: %v %v", resp, err)
