@@ -133,6 +133,13 @@ func testRedisAtMaxmemory(t *testing.T, policy string) {
 	if k := events.count("offline", wire.ReasonNodeLost); k != 0 {
 		t.Errorf("%d node_lost events: live nodes were reaped", k)
 	}
+	out, _ := rs.Exec("INFO", "stats")
+	_, rest, _ := strings.Cut(out, "evicted_keys:")
+	evicted, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(rest, "\n", 2)[0]))
+	t.Logf("%d keys evicted", evicted)
+	if policy == "volatile-lru" && evicted == 0 {
+		t.Errorf("nothing was evicted under volatile-lru: the test did not test eviction")
+	}
 }
 
 // fill writes 8 MB of junk without a TTL, then sets maxmemory 2 MB below
