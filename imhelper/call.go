@@ -82,13 +82,23 @@ func call[T any](c *Client, ctx context.Context, op string, fn func(context.Cont
 	if err := c.begin(); err != nil {
 		return zero, err
 	}
+	return await(ctx, op, func(ctx context.Context) (T, error) {
+		defer c.calls.Done()
+		return fn(ctx)
+	}, nil)
+}
+
+// await runs fn on its own goroutine and returns its outcome, or, if ctx
+// ends first, ctxError at once; fn then finishes in the background, and
+// late (if not nil) is given what it comes up with. A timeout of the Redis
+// client's is reported as ErrRedisTimeout too.
+func await[T any](ctx context.Context, op string, fn func(context.Context) (T, error), late func(T, error)) (T, error) {
 	type result struct {
 		v   T
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		defer c.calls.Done()
 		v, err := fn(ctx)
 		done <- result{v, err}
 	}()
@@ -99,6 +109,10 @@ func call[T any](c *Client, ctx context.Context, op string, fn func(context.Cont
 		select {
 		case r = <-done: // it finished at the deadline: keep its outcome
 		default:
+			if late != nil {
+				go func() { r := <-done; late(r.v, r.err) }()
+			}
+			var zero T
 			return zero, ctxError(op, ctx)
 		}
 	}

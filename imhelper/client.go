@@ -124,18 +124,12 @@ func New(ctx context.Context, opt Options) (*Client, error) {
 func (c *Client) connect(ctx context.Context) error {
 	ctx, cancel := bound(ctx, c.opt.CallTimeout)
 	defer cancel()
-	type result struct {
-		rc  rueidis.Client
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
+	rc, err := await(ctx, "New", func(ctx context.Context) (rueidis.Client, error) {
 		rc, ownsRC := c.opt.Redis, false
 		if rc == nil {
 			var err error
 			if rc, err = store.Dial(c.opt.RedisURL); err != nil {
-				done <- result{nil, err}
-				return
+				return nil, err
 			}
 			ownsRC = true
 		}
@@ -146,33 +140,18 @@ func (c *Client) connect(ctx context.Context) error {
 			if ownsRC {
 				rc.Close()
 			}
-			done <- result{nil, fmt.Errorf("failed to read node registry: %w", err)}
-			return
+			return nil, fmt.Errorf("failed to read node registry: %w", err)
 		}
-		done <- result{rc, nil}
-	}()
-	var r result
-	select {
-	case r = <-done:
-	case <-ctx.Done():
-		select {
-		case r = <-done:
-		default:
-			go func() { // close what comes up too late (within rueidis' dial timeout)
-				if r := <-done; r.err == nil && c.opt.Redis == nil {
-					r.rc.Close()
-				}
-			}()
-			return ctxError("New", ctx)
+		return rc, nil
+	}, func(rc rueidis.Client, err error) { // close what comes up too late (within rueidis' dial timeout)
+		if err == nil && c.opt.Redis == nil {
+			rc.Close()
 		}
+	})
+	if err != nil {
+		return err
 	}
-	if r.err != nil {
-		if isTimeout(r.err) {
-			return &redisTimeout{op: "New", err: r.err}
-		}
-		return r.err
-	}
-	c.rc, c.ownsRC = r.rc, c.opt.Redis == nil
+	c.rc, c.ownsRC = rc, c.opt.Redis == nil
 	c.st = store.NewRedis(c.rc, store.Options{Prefix: c.opt.Prefix})
 	return nil
 }

@@ -32,31 +32,11 @@ import (
 func floodNode(t *testing.T, cfg Config, clock func() int64, log *slog.Logger) (*Server, *redistest.Server) {
 	t.Helper()
 	r := redistest.Start(t)
-	cfg.RedisURL = r.URL()
-	cfg.Listen, cfg.AdminListen, cfg.NodeID = "127.0.0.1:0", "127.0.0.1:0", "solo"
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	s, err := New(cfg, nil, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if clock != nil && s.sources != nil {
-		s.sources.clock = clock
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = s.Shutdown(ctx)
-	})
-	waitFor(t, 30*time.Second, func() error {
-		if !s.Ready() {
-			return errors.New("not ready")
+	cfg.RedisURL, cfg.AdminListen = r.URL(), "127.0.0.1:0"
+	s := runTestNode(t, cfg, log, func(s *Server) {
+		if clock != nil && s.sources != nil {
+			s.sources.clock = clock
 		}
-		return nil
 	})
 	return s, r
 }

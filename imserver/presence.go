@@ -73,8 +73,8 @@ func (s *Server) markOnline(c *client) (existed bool, chans []string, err error)
 	existed, chans, err = s.st.MarkOnline(ctx, c.id, s.cfg.NodeID, s.event(wire.EventOnline, c.id, c.meta, s.cfg.NodeID, "", 1))
 	if err != nil {
 		s.metrics.redisErrs.Inc()
-		if errors.Is(err, store.ErrRedisFull) && !s.redisFull.Swap(true) {
-			s.log.Error("redis is at maxmemory: refusing new connections until it has room", "err", err)
+		if errors.Is(err, store.ErrRedisFull) {
+			s.setRedisFull(true, "err", err)
 		}
 	}
 	return existed, chans, err

@@ -42,29 +42,44 @@ func waitFor(t *testing.T, timeout time.Duration, fn func() error) {
 
 func startTestNode(t *testing.T, cfg Config) *Server {
 	t.Helper()
-	if cfg.RedisURL == "" {
-		cfg.RedisURL = redistest.Start(t).URL()
-	}
-	cfg.Listen = "127.0.0.1:0"
-	cfg.NodeID = "solo"
 	// Every test client dials from 127.0.0.1: one source. The per-source
 	// limits have their own tests (flood_internal_test.go).
 	if cfg.ConnectRatePerSource == 0 {
 		cfg.ConnectRatePerSource = -1
 	}
-	s, err := New(cfg, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return runTestNode(t, cfg, nil, nil)
+}
+
+// runTestNode starts node "solo" with cfg on a free port (on a private
+// redis-server unless cfg names one), logging to log (nil: nowhere), after
+// prepare (if not nil) has seen it, and waits until it is ready; it shuts
+// the node down when the test ends.
+func runTestNode(t *testing.T, cfg Config, log *slog.Logger, prepare func(*Server)) *Server {
+	t.Helper()
+	if cfg.RedisURL == "" {
+		cfg.RedisURL = redistest.Start(t).URL()
+	}
+	cfg.Listen = "127.0.0.1:0"
+	cfg.NodeID = "solo"
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s, err := New(cfg, nil, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if prepare != nil {
+		prepare(s)
 	}
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = s.Shutdown(ctx)
 	})
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 30*time.Second, func() error {
 		if !s.Ready() {
 			return errors.New("not ready")
 		}

@@ -52,14 +52,7 @@ func testRedisAtMaxmemory(t *testing.T, policy string) {
 	c.barrier(clients...)
 
 	fill(t, rs)
-	for _, p := range procs {
-		checkFor(t, 10*time.Second, func() error {
-			if v := p.metric(t, "im_redis_full"); v != 1 {
-				return fmt.Errorf("%s im_redis_full = %v", p.id, v)
-			}
-			return nil
-		})
-	}
+	waitMetric(t, procs, "im_redis_full", 1)
 	// Both leases get refreshed past what they were when Redis filled up:
 	// more than a lease TTL passes with Redis refusing writes.
 	before := leaseExpiries(t, rs, "m1", "m2")
@@ -105,14 +98,7 @@ func testRedisAtMaxmemory(t *testing.T, policy string) {
 	}
 
 	unfill(t, rs)
-	for _, p := range procs {
-		checkFor(t, 10*time.Second, func() error {
-			if v := p.metric(t, "im_redis_full"); v != 0 {
-				return fmt.Errorf("%s im_redis_full = %v after room was made", p.id, v)
-			}
-			return nil
-		})
-	}
+	waitMetric(t, procs, "im_redis_full", 0)
 	late := c.connect("newcomer", "")
 	if err := c.helper.JoinChan(bg, late.id, "hall"); err != nil {
 		t.Fatal(err)
@@ -139,6 +125,19 @@ func testRedisAtMaxmemory(t *testing.T, policy string) {
 	t.Logf("%d keys evicted", evicted)
 	if policy == "volatile-lru" && evicted == 0 {
 		t.Errorf("nothing was evicted under volatile-lru: the test did not test eviction")
+	}
+}
+
+// waitMetric waits until every node process reports name = want.
+func waitMetric(t *testing.T, procs []*nodeProc, name string, want float64) {
+	t.Helper()
+	for _, p := range procs {
+		checkFor(t, 10*time.Second, func() error {
+			if v := p.metric(t, name); v != want {
+				return fmt.Errorf("%s %s = %v, want %v", p.id, name, v, want)
+			}
+			return nil
+		})
 	}
 }
 

@@ -89,14 +89,7 @@ func (s *Server) checkRedisMemory(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	if full := m.Full(); s.redisFull.Swap(full) != full {
-		if full {
-			s.log.Error("redis is at maxmemory: refusing new connections until it has room", "used", m.Used, "maxmemory", m.Max, "policy", m.Policy)
-		} else {
-			s.log.Info("redis has room again: accepting connections", "used", m.Used, "maxmemory", m.Max)
-			s.markDirty() // writes refused meanwhile
-		}
-	}
+	s.setRedisFull(m.Full(), "used", m.Used, "maxmemory", m.Max, "policy", m.Policy)
 	if unsafe := m.EvictsBrokerKeys(); s.redisUnsafe.Swap(unsafe) != unsafe {
 		if unsafe {
 			s.log.Error("redis maxmemory-policy can evict presence and channel membership: reporting not ready; set maxmemory-policy to noeviction or a volatile-* policy", "policy", m.Policy)
@@ -104,6 +97,20 @@ func (s *Server) checkRedisMemory(ctx context.Context) {
 			s.log.Info("redis maxmemory-policy is safe again", "policy", m.Policy)
 		}
 	}
+}
+
+// setRedisFull records whether Redis refuses writes, from checkRedisMemory
+// or from a write refused with OOM, and logs a change with attrs.
+func (s *Server) setRedisFull(full bool, attrs ...any) {
+	if s.redisFull.Swap(full) == full {
+		return
+	}
+	if full {
+		s.log.Error("redis is at maxmemory: refusing new connections until it has room", attrs...)
+		return
+	}
+	s.log.Info("redis has room again: accepting connections", attrs...)
+	s.markDirty() // writes refused meanwhile
 }
 
 func (s *Server) refreshNodes(ctx context.Context) {
