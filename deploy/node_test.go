@@ -161,12 +161,13 @@ func (n *liveNode) exercise(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.CloseNow()
-	testnode.WaitFor(t, 30*time.Second, func() error {
-		if ok, err := n.helper.HasOnline(ctx, "alice"); !ok {
-			return fmt.Errorf("alice not online (%v)", err)
-		}
-		return nil
-	})
+	// The node's first frame says the socket is attached and caught up.
+	if _, first, err := conn.Read(ctx); err != nil || !strings.HasPrefix(string(first), `{"type":"recovered","first":true`) {
+		t.Fatalf("alice's first frame %s (%v), want recovered", first, err)
+	}
+	if ok, err := n.helper.HasOnline(ctx, "alice"); !ok {
+		t.Fatalf("alice not online once attached (%v)", err)
+	}
 	if _, err := n.helper.SendMessage(ctx, "bob", []string{"alice"}, map[string]string{"text": "hi"}); err != nil {
 		t.Fatal(err)
 	}

@@ -258,6 +258,9 @@ func (d *deployment) connect(id string) *wsClient {
 				w.err = err
 				return
 			}
+			if strings.HasPrefix(string(b), `{"type":"recovered"`) {
+				continue // the node's "you are live" frame, not a message
+			}
 			w.frames <- string(b)
 		}
 	}()

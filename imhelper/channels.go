@@ -11,14 +11,23 @@ import (
 
 // JoinChan adds client id to channels. It is idempotent. The membership is
 // recorded in Redis and the node holding the client starts delivering the
-// channel to it; it ends on LeaveChan or when the client's last socket
-// closes. A client that is not online yet may join; its membership then
+// channel to it; for a channel that keeps history, from the moment JoinChan
+// was called (the node fills what it sent before it had subscribed). The
+// membership ends on LeaveChan, ForceOffline, or when the client has had
+// no socket for the nodes' -offline-grace. A client that is not online yet may join; its membership then
 // starts to count once it connects.
 func (c *Client) JoinChan(ctx context.Context, id string, chans ...string) error {
 	if err := c.checkMembership(id, chans); err != nil || len(chans) == 0 {
 		return err
 	}
 	return call0(c, ctx, "JoinChan", func(ctx context.Context) error {
+		// The channels' positions are read before the membership is
+		// written: the node fills from them once it has subscribed, so a
+		// message sent the moment JoinChan returns reaches the member.
+		pos, err := c.chanPositions(ctx, chans)
+		if err != nil {
+			return err
+		}
 		node, err := c.st.Join(ctx, id, chans)
 		if err != nil {
 			return fmt.Errorf("failed to join: %w", err)
@@ -26,7 +35,7 @@ func (c *Client) JoinChan(ctx context.Context, id string, chans ...string) error
 		if node == "" {
 			return nil // not online: the node loads the membership on connect
 		}
-		return c.notify(ctx, wire.NodeMsg{Kind: wire.KindJoin, Client: id, Chans: chans}, node)
+		return c.notify(ctx, wire.NodeMsg{Kind: wire.KindJoin, Client: id, Chans: chans, Pos: pos}, node)
 	})
 }
 

@@ -41,6 +41,11 @@ type Options struct {
 	// is ErrRedisTimeout (and context.DeadlineExceeded). Default
 	// DefaultCallTimeout (5s).
 	CallTimeout time.Duration
+	// History says which streams keep a window of recent messages, so
+	// that a browser that reconnects is sent what it missed (see
+	// HistoryOptions). Nil: personal streams keep 100 messages for 2
+	// minutes, channels keep none.
+	History *HistoryOptions
 }
 
 // Client talks to imserver nodes through Redis.
@@ -100,6 +105,19 @@ func New(ctx context.Context, opt Options) (*Client, error) {
 	if opt.CallTimeout <= 0 {
 		opt.CallTimeout = DefaultCallTimeout
 	}
+	hist := HistoryOptions{}
+	if opt.History != nil {
+		hist = *opt.History
+	}
+	if hist.Clients == nil {
+		hist.Clients = []HistoryRule{DefaultClientHistory}
+	}
+	hist.Clients = append([]HistoryRule(nil), hist.Clients...)
+	hist.Channels = append([]HistoryRule(nil), hist.Channels...)
+	if err := hist.check(); err != nil {
+		return nil, err
+	}
+	opt.History = &hist
 	c := &Client{
 		opt:     opt,
 		rc:      opt.Redis,

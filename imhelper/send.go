@@ -3,8 +3,10 @@ package imhelper
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,7 +35,11 @@ func (c *Client) PrevConnectServer(ctx context.Context, clientID, meta string) (
 			return "", ErrNoNodes
 		}
 		tok := wire.NewToken()
-		rec, _ := json.Marshal(wire.TokenRecord{Node: node, Client: clientID, Meta: meta, Issued: time.Now().UnixMilli()})
+		tr := wire.TokenRecord{Node: node, Client: clientID, Meta: meta, Issued: time.Now().UnixMilli()}
+		if err := c.recordPositions(ctx, &tr); err != nil {
+			return "", err
+		}
+		rec, _ := json.Marshal(tr)
 		if err := c.st.IssueToken(ctx, tok, rec, c.opt.TokenTTL); err != nil {
 			return "", fmt.Errorf("failed to store token: %w", err)
 		}
@@ -44,6 +50,47 @@ func (c *Client) PrevConnectServer(ctx context.Context, clientID, meta string) (
 		}
 		return u + sep + "token=" + url.QueryEscape(tok), nil
 	})
+}
+
+// recordPositions puts in the token the client's current positions in its
+// personal stream and its channels' streams that keep history (at most
+// wire.MaxResumeChannels of them), so that what is sent between now and
+// the socket opening is replayed on connect.
+func (c *Client) recordPositions(ctx context.Context, tr *wire.TokenRecord) error {
+	var streams []store.Stream
+	if c.clientKeep(tr.Client).On() {
+		streams = append(streams, store.Stream{Client: tr.Client})
+	}
+	if c.anyChanHistory() {
+		chans, err := c.st.ClientChans(ctx, tr.Client)
+		if err != nil {
+			return fmt.Errorf("failed to read the client's channels: %w", err)
+		}
+		slices.Sort(chans)
+		for _, ch := range chans {
+			if c.chanKeep(ch).On() && len(streams) < wire.MaxResumeChannels+1 {
+				streams = append(streams, store.Stream{Channel: ch})
+			}
+		}
+	}
+	if len(streams) == 0 {
+		return nil
+	}
+	pos, err := c.st.Positions(ctx, streams...)
+	if err != nil {
+		return fmt.Errorf("failed to read stream positions: %w", err)
+	}
+	for i, s := range streams {
+		if s.Channel == "" {
+			tr.Pos = pos[i].String()
+			continue
+		}
+		if tr.ChanPos == nil {
+			tr.ChanPos = make(map[string]string)
+		}
+		tr.ChanPos[s.Channel] = pos[i].String()
+	}
+	return nil
 }
 
 // SendOption changes one SendMessage call.
@@ -83,37 +130,56 @@ func (c *Client) newMessage(payload any) (message, error) {
 
 // SendMessage sends payload from one client to others. It costs one PUBLISH
 // per node that owns a receiver (or the sender, for receipts and echo),
-// whatever the number of receivers. It returns the message id, which
-// receipts carry. Delivery is at most once: a receiver with no socket at the
-// moment the node handles the message does not get it.
+// whatever the number of receivers; with history (Options.History) that
+// PUBLISH runs in a script that also keeps each receiver's copy. It returns
+// the message id, which receipts carry. Without history delivery is at most
+// once: a receiver with no socket at the moment the node handles the
+// message does not get it; with history a receiver that reconnects within
+// the window is sent it then.
 func (c *Client) SendMessage(ctx context.Context, from string, to []string, payload any, opts ...SendOption) (string, error) {
+	sent, err := c.SendMessageResult(ctx, from, to, payload, opts...)
+	return sent.ID, err
+}
+
+// Sent is what a send produced: the message id and, for each stream that
+// kept it, its position there (receivers by clientId; the sender's echo
+// copy as Echo; a channel message as Channel).
+type Sent struct {
+	ID        string
+	Positions map[string]Position
+	Echo      Position
+	Channel   Position
+}
+
+// SendMessageResult is SendMessage, returning the positions too.
+func (c *Client) SendMessageResult(ctx context.Context, from string, to []string, payload any, opts ...SendOption) (Sent, error) {
 	var o sendOptions
 	for _, fn := range opts {
 		fn(&o)
 	}
 	if err := wire.ValidateClientID(from); err != nil {
-		return "", err
+		return Sent{}, err
 	}
 	for _, id := range to {
 		if err := wire.ValidateClientID(id); err != nil {
-			return "", err
+			return Sent{}, err
 		}
 	}
 	m, err := c.newMessage(payload)
 	if err != nil {
-		return "", err
+		return Sent{}, err
 	}
-	return call(c, ctx, "SendMessage", func(ctx context.Context) (string, error) {
+	return call(c, ctx, "SendMessage", func(ctx context.Context) (Sent, error) {
 		return c.sendMessage(ctx, from, to, m, o)
 	})
 }
 
 // sendMessage is SendMessage's work, inside a call.
-func (c *Client) sendMessage(ctx context.Context, from string, to []string, m message, o sendOptions) (string, error) {
+func (c *Client) sendMessage(ctx context.Context, from string, to []string, m message, o sendOptions) (Sent, error) {
 	v := c.nodes(ctx)
 	nodes := v.ids
 	if len(nodes) == 0 {
-		return "", ErrNoNodes
+		return Sent{}, ErrNoNodes
 	}
 	frame := wire.MessageFrame(m.id, from, nil, m.ts, m.data)
 
@@ -143,45 +209,114 @@ func (c *Client) sendMessage(ctx context.Context, from string, to []string, m me
 		groups[wire.OwnerIndex(from, nodes)].Echo = from
 		echo = wire.MessageFrame(m.id, from, receivers, m.ts, m.data)
 	}
-	msgs := make([]store.NodeMessage, 0, len(groups))
+	kept := false
+	var msgs []store.KeptNodeMessage
 	for i := range groups {
 		g := &groups[i]
 		if len(g.To) == 0 && g.Echo == "" {
 			continue
 		}
 		g.Version, g.Kind, g.ID = v.proto, wire.KindSend, m.id
-		var b []byte
-		if g.Echo != "" {
-			b = wire.EncodeNodeMsg(*g, frame, echo)
-		} else {
-			b = wire.EncodeNodeMsg(*g, frame)
+		km := store.KeptNodeMessage{Node: nodes[i], Header: *g, Frame: frame, Keep: make([]store.Keep, 0, len(g.To)+1)}
+		for _, r := range g.To {
+			km.Keep = append(km.Keep, c.clientKeep(r))
 		}
-		msgs = append(msgs, store.NodeMessage{Node: nodes[i], Msg: b})
+		if g.Echo != "" {
+			km.EchoFrame = echo
+			km.Keep = append(km.Keep, c.clientKeep(from))
+		}
+		for _, k := range km.Keep {
+			kept = kept || k.On()
+		}
+		msgs = append(msgs, km)
 	}
-	if err := c.st.PublishNodes(ctx, msgs...); err != nil {
-		return "", fmt.Errorf("failed to publish: %w", err)
+	sent := Sent{ID: m.id}
+	publishPlain := func() (Sent, error) { // at most once: one PUBLISH per node
+		plain := make([]store.NodeMessage, len(msgs))
+		for i, km := range msgs {
+			if km.EchoFrame != nil {
+				plain[i] = store.NodeMessage{Node: km.Node, Msg: wire.EncodeNodeMsg(km.Header, frame, echo)}
+			} else {
+				plain[i] = store.NodeMessage{Node: km.Node, Msg: wire.EncodeNodeMsg(km.Header, frame)}
+			}
+		}
+		if err := c.st.PublishNodes(ctx, plain...); err != nil {
+			return Sent{}, fmt.Errorf("failed to publish: %w", err)
+		}
+		return sent, nil
 	}
-	return m.id, nil
+	if !kept {
+		return publishPlain()
+	}
+	pos, err := c.st.PublishKept(ctx, msgs...)
+	if errors.Is(err, store.ErrRedisFull) && len(msgs) == 1 {
+		// Redis refuses writes at maxmemory, but PUBLISH needs no memory:
+		// the message is still delivered to who is connected, at most
+		// once, with no position (Sent.Positions stays empty). A send to
+		// several nodes may have been kept by some scripts already, so it
+		// is not published again.
+		c.log.Warn("redis is full: message delivered without history", "id", m.id)
+		return publishPlain()
+	}
+	if err != nil {
+		return Sent{}, fmt.Errorf("failed to publish: %w", err)
+	}
+	sent.Positions = make(map[string]Position, len(receivers))
+	for i, km := range msgs {
+		for j, r := range km.Header.To {
+			if !pos[i][j].IsZero() {
+				sent.Positions[r] = Position(pos[i][j])
+			}
+		}
+		if km.Header.Echo != "" {
+			sent.Echo = Position(pos[i][len(km.Header.To)])
+		}
+	}
+	return sent, nil
 }
 
 // SendChanMessage sends payload to every online member of channel ch with
 // one PUBLISH; each node with members fans it out from one encoded frame.
+// If the channel keeps history (Options.History) the PUBLISH runs in a
+// script that also appends the message to the channel's stream.
 func (c *Client) SendChanMessage(ctx context.Context, from, ch string, payload any) (string, error) {
+	sent, err := c.SendChanMessageResult(ctx, from, ch, payload)
+	return sent.ID, err
+}
+
+// SendChanMessageResult is SendChanMessage, returning the message's
+// position in the channel's stream too (Sent.Channel; zero without
+// history).
+func (c *Client) SendChanMessageResult(ctx context.Context, from, ch string, payload any) (Sent, error) {
 	if err := wire.ValidateClientID(from); err != nil {
-		return "", err
+		return Sent{}, err
 	}
 	if err := wire.ValidateChannel(ch); err != nil {
-		return "", err
+		return Sent{}, err
 	}
 	m, err := c.newMessage(payload)
 	if err != nil {
-		return "", err
+		return Sent{}, err
 	}
-	return call(c, ctx, "SendChanMessage", func(ctx context.Context) (string, error) {
-		if err := c.st.PublishChannel(ctx, ch, wire.ChannelFrame(m.id, from, ch, m.ts, m.data)); err != nil {
-			return "", fmt.Errorf("failed to publish: %w", err)
+	return call(c, ctx, "SendChanMessage", func(ctx context.Context) (Sent, error) {
+		frame := wire.ChannelFrame(m.id, from, ch, m.ts, m.data)
+		sent := Sent{ID: m.id}
+		if k := c.chanKeep(ch); k.On() {
+			p, err := c.st.PublishChannelKept(ctx, ch, frame, k)
+			if errors.Is(err, store.ErrRedisFull) {
+				c.log.Warn("redis is full: channel message delivered without history", "id", m.id, "channel", ch)
+			} else if err != nil {
+				return Sent{}, fmt.Errorf("failed to publish: %w", err)
+			}
+			if err == nil {
+				sent.Channel = Position(p)
+				return sent, nil
+			}
 		}
-		return m.id, nil
+		if err := c.st.PublishChannel(ctx, ch, frame); err != nil {
+			return Sent{}, fmt.Errorf("failed to publish: %w", err)
+		}
+		return sent, nil
 	})
 }
 

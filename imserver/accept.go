@@ -66,6 +66,11 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusUnauthorized, "bad_token", "missing or malformed token")
 		return
 	}
+	resume, err := wire.ParseResume(r.URL.RawQuery)
+	if err != nil {
+		s.refuse(w, http.StatusBadRequest, "bad_resume", "malformed pos parameter: "+err.Error())
+		return
+	}
 	// Reserve the socket's place in the node limit first, so the limit is
 	// exact under concurrent connects; the reservation is returned on any
 	// refusal below, or by detach once the socket was attached.
@@ -132,8 +137,17 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	s.sockets.Add(1)
 	topics := s.attach(cn, rec)
 	attached = true
+	// The socket is held (newConn) until what it missed is replayed; its
+	// fills are queued before the stripe is let go, ahead of any join.
+	cn.hist.mu.Lock()
+	cn.hist.fills = append(resumeFills(resume, rec, cn.cl.chanList()), cn.hist.fills...)
+	cn.hist.mu.Unlock()
 	mu.Unlock()
 	s.sub.syncTopics(topics)
+	// Subscribed: what was published before is in the streams, what comes
+	// after is held. The fill loop replays, sends the recovered frame
+	// (the socket's first) and lets the held frames through.
+	s.startFills(cn)
 	if s.draining.Load() { // attached after Shutdown listed the sockets
 		cn.close(websocket.StatusGoingAway, "node draining", wire.ReasonDrain)
 	}

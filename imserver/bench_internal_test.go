@@ -60,7 +60,7 @@ func BenchmarkHubSendTopic(b *testing.B) {
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
-				if n := s.hub.sendTopic("bench", of); n != members {
+				if n := s.hub.sendTopic("bench", wire.Position{}, of); n != members {
 					b.Fatalf("delivered to %d of %d", n, members)
 				}
 				if i++; i%64 == 0 {

@@ -98,6 +98,22 @@ type Config struct {
 	MoveWindow time.Duration
 	// DrainWindow spreads the 1001 closes at shutdown. Default 5s.
 	DrainWindow time.Duration
+	// OfflineGrace is how long a client whose last socket closed keeps its
+	// presence and channel memberships, so that a reconnect within it (to
+	// any node: a move, a drain, a crash, a network drop) produces no
+	// offline/online events and keeps its rooms. A client's own normal
+	// close (1000) and ForceOffline end them at once. Default 10s;
+	// negative: no grace.
+	OfflineGrace time.Duration
+	// MaxRecovery is the most messages the node replays per stream when a
+	// socket resumes or fills a gap; a socket that missed more is told
+	// recovered:false. Default 1000.
+	MaxRecovery int
+	// SubscriberQueue bounds the messages from Redis waiting for each of
+	// the node's subscriber workers; past it data messages are dropped
+	// (im_pubsub_overflow_total) and then filled from history. Default
+	// 16384.
+	SubscriberQueue int
 	// ProbeInterval is how often the node checks its own subscription by
 	// publishing a probe to itself. Default 5s.
 	ProbeInterval time.Duration
@@ -152,6 +168,15 @@ func (c *Config) fill() error {
 	setDur(&c.WriteTimeout, 10*time.Second)
 	setDur(&c.MoveWindow, 10*time.Second)
 	setDur(&c.DrainWindow, 5*time.Second)
+	if c.OfflineGrace == 0 {
+		c.OfflineGrace = 10 * time.Second
+	}
+	if c.MaxRecovery <= 0 {
+		c.MaxRecovery = 1000
+	}
+	if c.SubscriberQueue <= 0 {
+		c.SubscriberQueue = defaultWorkerQueue
+	}
 	setDur(&c.ProbeInterval, 5*time.Second)
 	setDur(&c.RedisTimeout, 3*time.Second)
 	setDur(&c.IdleTimeout, 60*time.Second)
@@ -242,6 +267,9 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	num(&c.InboundRate, "inbound-rate", "frames per second one socket may send, more closes with 1008 (default 10, -1 = unlimited)")
 	dur(&c.MoveWindow, "move-window", "window over which moved clients are closed (default 10s)")
 	dur(&c.DrainWindow, "drain-window", "window over which sockets are closed at shutdown (default 5s)")
+	dur(&c.OfflineGrace, "offline-grace", "how long a client without sockets keeps its presence and rooms, so that a reconnect within it is seamless (default 10s, negative = none)")
+	num(&c.MaxRecovery, "max-recovery", "most messages replayed per stream when a socket resumes (default 1000)")
+	num(&c.SubscriberQueue, "subscriber-queue", "messages from Redis queued per subscriber worker before data is dropped and filled from history (default 16384)")
 	dur(&c.ProbeInterval, "probe-interval", "pub/sub self-probe interval (default 5s)")
 	num(&c.EventStreamMaxLen, "event-stream-maxlen", "approximate event stream cap (default 100000)")
 	dur(&c.RedisTimeout, "redis-timeout", "timeout of one Redis command (default 3s)")

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -27,6 +28,12 @@ type conn struct {
 	lastPing time.Time // touched only by the heartbeat
 
 	inbound inboundBudget // touched only by the reader goroutine
+
+	// peerNormal is set when the client closed with 1000: a deliberate
+	// sign-off, which ends its presence at once (no offline grace).
+	peerNormal atomic.Bool
+
+	hist socketStreams // its place in its history streams (recovery.go)
 }
 
 // inboundBudget is a token bucket over every frame a client sends (data,
@@ -81,6 +88,10 @@ func (s *Server) newSockWriter(nc net.Conn) *sockWriter {
 // newConn ties a socket's writer to it once the handshake is done.
 func (s *Server) newConn(ws *websocket.Conn, w *sockWriter) *conn {
 	cn := &conn{srv: s, ws: ws, w: w}
+	// Held until its first fill (handleWS) has replayed what it missed:
+	// its first frame is the recovered frame.
+	cn.hist.holding.Store(true)
+	cn.hist.filling = true
 	w.onSlow = func() { cn.close(wire.CloseSlowConsumer, "slow consumer", wire.ReasonSlow) }
 	w.onBroken = func() { cn.close(websocket.StatusAbnormalClosure, "", wire.ReasonClosed) }
 	w.start()
@@ -163,6 +174,9 @@ func (c *conn) readLoop() {
 		// (memory held by every idle socket). Closing the socket ends it.
 		_, r, err := c.ws.Reader(context.Background())
 		if err != nil {
+			if websocket.CloseStatus(err) == websocket.StatusNormalClosure {
+				c.peerNormal.Store(true)
+			}
 			return
 		}
 		c.inboundFrame()

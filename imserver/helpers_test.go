@@ -74,6 +74,9 @@ func (c *cluster) config(id string) imserver.Config {
 		// Every test client dials from 127.0.0.1, usually faster than
 		// one source's default budget; the tests of that limit set it.
 		ConnectRatePerSource: -1,
+		// Tests of the offline grace set their own; the rest expect an
+		// offline event when a socket closes.
+		OfflineGrace: -1,
 	}
 	if c.mod != nil {
 		c.mod(&cfg)
@@ -144,6 +147,18 @@ type frame struct {
 	TS      int64           `json:"ts"`
 	Data    json.RawMessage `json:"data"`
 	Status  string          `json:"status"`
+	// History: the frame's position, and a recovered frame's fields.
+	Epoch   string        `json:"epoch"`
+	Offset  uint64        `json:"offset"`
+	First   bool          `json:"first"`
+	Streams []streamState `json:"streams"`
+}
+
+type streamState struct {
+	Channel   string `json:"channel"`
+	Epoch     string `json:"epoch"`
+	Offset    uint64 `json:"offset"`
+	Recovered bool   `json:"recovered"`
 }
 
 // wsClient is a real WebSocket client that records every frame.
@@ -153,8 +168,13 @@ type wsClient struct {
 	conn   *websocket.Conn
 	frames chan frame
 	done   chan struct{}
-	mu     sync.Mutex
-	err    error // the read error that ended the client
+	// attached is closed at the socket's first recovered frame, which says
+	// it is attached and caught up (replayed messages come before it);
+	// first is that frame. It is not passed on to frames.
+	attached chan struct{}
+	first    frame
+	mu       sync.Mutex
+	err      error // the read error that ended the client
 }
 
 func (c *cluster) connect(id, meta string) *wsClient {
@@ -184,19 +204,36 @@ func (c *cluster) tryConnect(id, meta string) (*wsClient, error) {
 	}
 	wc.id = id
 	c.t.Cleanup(func() { wc.conn.CloseNow() })
-	// The handshake completes before the node attaches the socket; wait for
-	// presence so that a message sent next is not sent into that gap.
-	deadline := time.Now().Add(attachTimeout)
-	for {
-		ok, err := c.helper.HasOnline(context.Background(), id)
-		if ok {
-			return wc, nil
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%s not online after %v (%v)", id, attachTimeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	// The handshake completes before the node attaches the socket; its
+	// first frame says it is attached (presence written, channels
+	// subscribed, history replayed), so a message sent next reaches it.
+	if err := wc.waitAttached(); err != nil {
+		return nil, fmt.Errorf("%s: %w", id, err)
 	}
+	return wc, nil
+}
+
+// waitAttached waits for the socket's first frame (recovered, first).
+func (w *wsClient) waitAttached() error {
+	select {
+	case <-w.attached:
+		return nil
+	case <-w.done:
+		select {
+		case <-w.attached:
+			return nil
+		default:
+		}
+		return fmt.Errorf("closed before its first frame: %v", w.readErr())
+	case <-time.After(attachTimeout):
+		return fmt.Errorf("no first frame within %v", attachTimeout)
+	}
+}
+
+func (w *wsClient) readErr() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
 }
 
 func dialWS(u string) (*wsClient, error) {
@@ -209,9 +246,10 @@ func dialWS(u string) (*wsClient, error) {
 		}
 		return nil, err
 	}
-	wc := &wsClient{url: u, conn: conn, frames: make(chan frame, 10000), done: make(chan struct{})}
+	wc := &wsClient{url: u, conn: conn, frames: make(chan frame, 10000), done: make(chan struct{}), attached: make(chan struct{})}
 	go func() {
 		defer close(wc.done)
+		gotFirst := false
 		for {
 			_, b, err := conn.Read(context.Background())
 			if err != nil {
@@ -223,6 +261,16 @@ func dialWS(u string) (*wsClient, error) {
 			var f frame
 			if err := json.Unmarshal(b, &f); err != nil {
 				panic(fmt.Sprintf("frame is not JSON: %s", b))
+			}
+			if !gotFirst && f.Type == "recovered" {
+				// Replayed messages come before it.
+				if !f.First {
+					panic(fmt.Sprintf("the first recovered frame is not marked first: %s", b))
+				}
+				gotFirst = true
+				wc.first = f
+				close(wc.attached)
+				continue
 			}
 			wc.frames <- f
 		}
@@ -252,6 +300,18 @@ func (w *wsClient) next(t testing.TB) frame {
 		t.Fatalf("%s: no frame within 20s", w.id)
 	}
 	return frame{}
+}
+
+// nextData waits for the next frame that is not a recovered frame.
+func (w *wsClient) nextData(t testing.TB) frame {
+	t.Helper()
+	for {
+		f := w.next(t)
+		if f.Type != "recovered" {
+			return f
+		}
+		t.Logf("%s: skipped %+v", w.id, f)
+	}
 }
 
 // none asserts that no frame arrives within d.
@@ -301,7 +361,7 @@ func (c *cluster) barrier(clients ...*wsClient) {
 		if _, err := c.helper.SendMessage(context.Background(), "barrier", []string{w.id}, `"barrier"`); err != nil {
 			c.t.Fatal(err)
 		}
-		if f := w.next(c.t); f.From != "barrier" {
+		if f := w.nextData(c.t); f.From != "barrier" {
 			c.t.Fatalf("%s: expected the barrier, got %+v", w.id, f)
 		}
 	}

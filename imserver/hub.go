@@ -3,6 +3,8 @@ package imserver
 import (
 	"hash/maphash"
 	"sync"
+
+	"github.com/imbroker/imbroker/internal/wire"
 )
 
 // hub is the node's in-memory view of its local clients and their channel
@@ -184,21 +186,23 @@ func (h *hub) topicNames() []string {
 }
 
 // sendClient queues f on every socket of client id; it reports whether the
-// client is here.
-func (h *hub) sendClient(id string, f outFrame) bool {
+// client is here. p is f's position in the client's personal stream (zero
+// if it has none).
+func (h *hub) sendClient(id string, p wire.Position, f outFrame) bool {
 	c := h.get(id)
 	if c == nil {
 		return false
 	}
-	return c.send(f) > 0
+	return c.sendAt("", p, f) > 0
 }
 
-// sendTopic queues f on every socket of every local member of ch.
-func (h *hub) sendTopic(ch string, f outFrame) int {
+// sendTopic queues f on every socket of every local member of ch; p is f's
+// position in the channel's stream (zero if it has none).
+func (h *hub) sendTopic(ch string, p wire.Position, f outFrame) int {
 	n := 0
 	h.topicsMu.RLock()
 	for c := range h.topics[ch] {
-		n += c.send(f)
+		n += c.sendAt(ch, p, f)
 	}
 	h.topicsMu.RUnlock()
 	return n
@@ -237,17 +241,33 @@ func (h *hub) clientList() []*client {
 	return out
 }
 
-// send queues f on every socket of c and returns how many took it.
-func (c *client) send(f outFrame) int {
+// send queues f, a frame of no stream, on every socket of c and returns
+// how many took it.
+func (c *client) send(f outFrame) int { return c.sendAt("", wire.Position{}, f) }
+
+// sendAt queues f, at position p of stream ch ("" personal), on every
+// socket of c (conn.deliver) and returns how many took it.
+func (c *client) sendAt(ch string, p wire.Position, f outFrame) int {
 	n := 0
 	c.mu.RLock()
 	for _, cn := range c.conns {
-		if cn.enqueue(f) {
+		if cn.deliver(ch, p, f) {
 			n++
 		}
 	}
 	c.mu.RUnlock()
 	return n
+}
+
+// chanList returns c's channels.
+func (c *client) chanList() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]string, 0, len(c.chans))
+	for ch := range c.chans {
+		out = append(out, ch)
+	}
+	return out
 }
 
 // connList returns a copy of c's sockets.

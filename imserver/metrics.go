@@ -30,6 +30,13 @@ type metrics struct {
 	redisErrs      prometheus.Counter
 	untracked      prometheus.Counter
 	latency        prometheus.Histogram
+	// History (recovery.go).
+	recoveries *prometheus.CounterVec
+	replayed   prometheus.Counter
+	duplicates prometheus.Counter
+	gaps       prometheus.Counter
+	sweeps     *prometheus.CounterVec
+	graceEnds  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -56,6 +63,13 @@ func newMetrics() *metrics {
 		Help:    "Time from publish (the frame's ts, millisecond resolution) to the socket write.",
 		Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5},
 	})
+	m.recoveries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_stream_recoveries_total", Help: "Stream fills by outcome: recovered (everything missed was replayed), lost (told recovered:false), error (Redis failed)."}, []string{"outcome"})
+	m.replayed = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_replayed_messages_total", Help: "Messages written to sockets from history."})
+	m.duplicates = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_duplicate_messages_total", Help: "Live messages a socket already had from a replay, not written again."})
+	m.gaps = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_stream_gaps_total", Help: "Live messages that showed a socket had missed one before it (a fill followed)."})
+	m.sweeps = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_stream_sweeps_total", Help: "Fills of every local socket, by cause (resubscribe, overflow)."}, []string{"why"})
+	m.graceEnds = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_offline_grace_total", Help: "Clients whose last socket closed under the offline grace, by how it ended: back (reconnected here), expired (offline, unless online elsewhere), flushed (at shutdown)."}, []string{"end"})
+	m.reg.MustRegister(m.recoveries, m.replayed, m.duplicates, m.gaps, m.sweeps, m.graceEnds)
 	// im_build_info is the usual constant 1 with the build in its labels, so
 	// a dashboard can show which version each node runs during a rollout.
 	bi := version.Get()

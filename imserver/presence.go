@@ -24,6 +24,7 @@ func (s *Server) attach(cn *conn, rec wire.TokenRecord) (topics []string) {
 		return nil
 	}
 	s.metrics.clients.Inc()
+	s.cancelGrace(c.id) // back within its grace: presence was kept
 	// A token issued before the node set changed can land a client on a node
 	// that no longer owns it; move it like the others. Our own view may be
 	// the stale one, so decide only after our next registry refresh.
@@ -53,6 +54,10 @@ func (s *Server) detach(cn *conn, reason string) (topics []string) {
 		return nil
 	}
 	s.metrics.clients.Dec()
+	if s.graceApplies(cn, reason) {
+		s.deferOffline(cn.cl.id, cn.cl.meta, reason, chans)
+		return chans
+	}
 	if _, err := s.markOffline(cn.cl.id, cn.cl.meta, s.cfg.NodeID, reason, chans, false); err != nil {
 		s.log.Warn("failed to mark client offline; will resync", "client", cn.cl.id, "err", err)
 		s.markDirty()
@@ -189,7 +194,7 @@ func (s *Server) resync(ctx context.Context) error {
 		for _, id := range ids {
 			mu := s.stripe(id)
 			mu.Lock()
-			if s.hub.get(id) == nil {
+			if s.hub.get(id) == nil && !s.inGrace(id) {
 				_, err = s.markOffline(id, "", s.cfg.NodeID, wire.ReasonClosed, nil, false)
 			}
 			mu.Unlock()
@@ -207,17 +212,25 @@ func (s *Server) resync(ctx context.Context) error {
 // wrote to Redis into local memory and subscriptions. They run on a pub/sub
 // worker, which must never wait for a Redis reply that the same pub/sub
 // reader has to deliver, so the (un)subscribe runs in its own goroutine;
-// syncTopics converges on the hub's state whatever the order.
-func (s *Server) applyJoin(id string, chans []string) {
+// syncTopics converges on the hub's state whatever the order. pos holds
+// the channels' positions at join time: the client's sockets are held
+// before they start receiving the channel, and filled from there once the
+// topic is subscribed, so nothing sent after JoinChan began is missed.
+func (s *Server) applyJoin(id string, chans, pos []string) {
 	mu := s.stripe(id)
 	mu.Lock()
 	var added []string
+	ready := make(chan struct{})
 	if c := s.hub.get(id); c != nil {
+		s.joinFills(c, chans, pos, ready)
 		added = s.hub.join(c, chans)
 	}
 	mu.Unlock()
-	if len(added) > 0 {
-		s.startGoroutine(func() { s.sub.syncTopics(added) })
+	if !s.startGoroutine(func() {
+		s.sub.syncTopics(added)
+		close(ready)
+	}) {
+		close(ready)
 	}
 }
 
@@ -227,6 +240,9 @@ func (s *Server) applyLeave(id string, chans []string) {
 	var emptied []string
 	if c := s.hub.get(id); c != nil {
 		emptied = s.hub.leave(c, chans)
+		for _, cn := range c.connList() {
+			cn.forget(chans)
+		}
 	}
 	mu.Unlock()
 	if len(emptied) > 0 {

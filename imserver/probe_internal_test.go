@@ -47,6 +47,9 @@ func startTestNode(t *testing.T, cfg Config) *Server {
 	if cfg.ConnectRatePerSource == 0 {
 		cfg.ConnectRatePerSource = -1
 	}
+	if cfg.OfflineGrace == 0 { // tests of the grace set their own
+		cfg.OfflineGrace = -1
+	}
 	return runTestNode(t, cfg, nil, nil)
 }
 

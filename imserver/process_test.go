@@ -88,7 +88,8 @@ func (c *cluster) startProcUnder(wrapper []string, id string, extra ...string) *
 	addr, admin := freeAddr(c.t), freeAddr(c.t)
 	args := []string{"-listen", addr, "-admin-listen", admin, "-node-id", id, "-redis-url", c.redis.URL(),
 		"-lease-ttl", "5s", "-probe-interval", "500ms", "-move-window", "1s", "-drain-window", "500ms",
-		"-connect-rate-per-source", "-1"} // every test client dials from 127.0.0.1
+		"-connect-rate-per-source", "-1", // every test client dials from 127.0.0.1
+		"-offline-grace", "-1s"} // tests of the grace set their own
 	args = append(args, extra...)
 	p := &nodeProc{id: id, url: "ws://" + addr + "/ws", admin: "http://" + admin, exited: make(chan struct{}),
 		logs: &bytes.Buffer{}, logsMu: &sync.Mutex{}}

@@ -80,14 +80,16 @@ func testRedisAtMaxmemory(t *testing.T, policy string) {
 	if _, err := c.helper.SendMessage(bg, "test", []string{clients[0].id}, `"direct while full"`); err != nil {
 		t.Fatalf("SendMessage while full: %v", err)
 	}
-	if f := clients[0].next(t); string(f.Data) != `"direct while full"` {
+	// (Under volatile-lru Redis may have evicted the stream's meta: the
+	// client is then told recovered:false first.)
+	if f := clients[0].nextData(t); string(f.Data) != `"direct while full"` {
 		t.Fatalf("got %+v", f)
 	}
 	if _, err := c.helper.SendChanMessage(bg, "test", "hall", `"hall while full"`); err != nil {
 		t.Fatalf("SendChanMessage while full: %v", err)
 	}
 	for _, w := range clients {
-		if f := w.next(t); string(f.Data) != `"hall while full"` {
+		if f := w.nextData(t); string(f.Data) != `"hall while full"` {
 			t.Fatalf("%s got %+v", w.id, f)
 		}
 	}
@@ -109,7 +111,7 @@ func testRedisAtMaxmemory(t *testing.T, policy string) {
 		t.Fatal(err)
 	}
 	for _, w := range clients {
-		if f := w.next(t); string(f.Data) != `"after"` {
+		if f := w.nextData(t); string(f.Data) != `"after"` {
 			t.Fatalf("%s got %+v", w.id, f)
 		}
 	}

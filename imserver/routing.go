@@ -25,7 +25,8 @@ func (s *Server) route(m store.Message) {
 	case store.ToChannel:
 		s.metrics.messagesIn.WithLabelValues("channel").Inc()
 		if f, ok := s.frame(m); ok {
-			s.hub.sendTopic(m.Channel, f)
+			p, _ := wire.FramePosition(f.b) // zero for a channel without history
+			s.hub.sendTopic(m.Channel, p, f)
 		}
 	}
 }
@@ -60,8 +61,9 @@ func (s *Server) handleNodeMsg(payload []byte) {
 	case wire.KindSend:
 		f := outFrame{b: frames[0], ts: wire.FrameTS(frames[0])}
 		var receipts [][]byte
-		for _, to := range h.To {
-			ok := s.hub.sendClient(to, f)
+		for i, to := range h.To {
+			p, pf := positioned(f, h.Pos, i)
+			ok := s.hub.sendClient(to, p, pf)
 			if h.Receipt != "" {
 				st := wire.StatusOffline
 				if ok {
@@ -71,7 +73,8 @@ func (s *Server) handleNodeMsg(payload []byte) {
 			}
 		}
 		if h.Echo != "" {
-			s.hub.sendClient(h.Echo, outFrame{b: frames[1], ts: f.ts})
+			ep, _ := wire.ParsePosition(h.EchoPos)
+			s.hub.sendClient(h.Echo, ep, withPosition(outFrame{b: frames[1], ts: f.ts}, ep))
 		}
 		if len(receipts) > 0 {
 			s.sendReceipts(h.Receipt, receipts)
@@ -79,14 +82,17 @@ func (s *Server) handleNodeMsg(payload []byte) {
 	case wire.KindDeliver:
 		for _, fb := range frames {
 			f := outFrame{b: fb, ts: wire.FrameTS(fb)}
-			for _, to := range h.To {
-				s.hub.sendClient(to, f)
+			for i, to := range h.To {
+				p, pf := positioned(f, h.Pos, i)
+				s.hub.sendClient(to, p, pf)
 			}
 		}
 	case wire.KindJoin:
-		s.applyJoin(h.Client, validChans(h.Chans))
+		chans, pos := validChans(h.Chans, h.Pos)
+		s.applyJoin(h.Client, chans, pos)
 	case wire.KindLeave:
-		s.applyLeave(h.Client, validChans(h.Chans))
+		chans, _ := validChans(h.Chans, nil)
+		s.applyLeave(h.Client, chans)
 	case wire.KindKick:
 		s.closeClient(h.Client, wire.CloseForcedOffline, "forced offline", wire.ReasonKicked)
 	case wire.KindProbe:
@@ -96,14 +102,41 @@ func (s *Server) handleNodeMsg(payload []byte) {
 	}
 }
 
-func validChans(chans []string) []string {
+// positioned is receiver i's copy of a frame whose positions (parallel to
+// the receivers) a node message carries: the frame with its position
+// spliced in, or the frame itself where there is none.
+func positioned(f outFrame, pos []string, i int) (wire.Position, outFrame) {
+	if i >= len(pos) || pos[i] == "" {
+		return wire.Position{}, f
+	}
+	p, err := wire.ParsePosition(pos[i]) // checked by DecodeNodeMsg
+	if err != nil {
+		return wire.Position{}, f
+	}
+	return p, withPosition(f, p)
+}
+
+func withPosition(f outFrame, p wire.Position) outFrame {
+	if p.IsZero() {
+		return f
+	}
+	return outFrame{b: wire.AppendPosition(f.b, p), ts: f.ts}
+}
+
+// validChans keeps the valid channel names of a join or leave, with their
+// positions (pos parallel to chans, or empty).
+func validChans(chans, pos []string) ([]string, []string) {
 	out := chans[:0:0]
-	for _, c := range chans {
+	var outPos []string
+	for i, c := range chans {
 		if wire.ValidateChannel(c) == nil {
 			out = append(out, c)
+			if i < len(pos) {
+				outPos = append(outPos, pos[i])
+			}
 		}
 	}
-	return out
+	return out, outPos
 }
 
 // sendReceipts delivers receipt frames to the sender's sockets: locally if
@@ -111,7 +144,7 @@ func validChans(chans []string) []string {
 func (s *Server) sendReceipts(sender string, frames [][]byte) {
 	if s.hub.get(sender) != nil {
 		for _, fb := range frames {
-			s.hub.sendClient(sender, outFrame{b: fb})
+			s.hub.sendClient(sender, wire.Position{}, outFrame{b: fb})
 		}
 		return
 	}

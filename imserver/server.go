@@ -29,7 +29,8 @@ import (
 // Its parts, one file each: accept.go (the handshake), conn.go and
 // writer.go (one socket), hub.go (local clients and channels), routing.go
 // (what arrives from Redis, receipts, moves), presence.go (online,
-// offline, joins, resync), registry.go (the lease and the registry loop,
+// offline, joins, resync), recovery.go (history positions, replays and
+// fills), grace.go (the offline grace), registry.go (the lease and the registry loop,
 // reaping), heartbeat.go (the ping loop), subscriber.go (the pub/sub
 // connection and its workers), probe.go (the probe loop), outbox.go (what
 // the node publishes itself), ratelimit.go (the connect-rate limiters),
@@ -70,6 +71,18 @@ type Server struct {
 	// What the last INFO memory said (checkRedisMemory).
 	redisFull   atomic.Bool // at maxmemory: refuse new connections
 	redisUnsafe atomic.Bool // maxmemory-policy can evict broker keys: not ready
+
+	// fillSlots bounds the history reads in flight (recovery.go), so that a
+	// sweep over every socket does not queue thousands at once.
+	fillSlots    chan struct{}
+	sweepPending atomic.Bool  // a sweepStreams is scheduled
+	lastSweep    atomic.Int64 // unix nanos of the last sweep
+
+	// grace holds the clients whose last socket closed within the offline
+	// grace (grace.go); graceWG counts them for the drain.
+	graceMu sync.Mutex
+	grace   map[string]*graceEntry // guarded by graceMu
+	graceWG sync.WaitGroup
 
 	regMu        sync.Mutex // serialises lease writes with the final unregister
 	unregistered bool       // guarded by regMu
@@ -120,6 +133,8 @@ func New(cfg Config, redis rueidis.Client, logger *slog.Logger) (*Server, error)
 		metrics:    newMetrics(),
 		limiter:    newRateLimiter(cfg.ConnectRate),
 		stripeSeed: maphash.MakeSeed(),
+		fillSlots:  make(chan struct{}, 64),
+		grace:      make(map[string]*graceEntry),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.outbox = newOutbox(s.st, s.metrics, s.log, cfg.RedisTimeout)
@@ -370,6 +385,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			cn.w.closeTCP() // CloseNow does nothing once a close handshake began
 		}
 		<-done
+	}
+	if err == nil {
+		// The clients of the closed sockets reconnect elsewhere within
+		// their grace; then their entries here go without an event.
+		s.flushGrace(ctx)
 	}
 	s.unregister(err == nil && !s.presenceDirty.Load())
 	if s.adminSrv != nil {

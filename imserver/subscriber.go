@@ -48,12 +48,13 @@ type subscriber struct {
 
 const (
 	subscriberWorkers = 4
-	// workerQueue bounds the messages waiting for one worker. When it is
-	// full a data message is dropped and counted: blocking instead would
-	// stall rueidis' reader until Redis, 32 MB behind, cuts the
-	// subscription and everything in flight is lost, control messages
-	// included.
-	workerQueue = 16384
+	// defaultWorkerQueue bounds the messages waiting for one worker
+	// (Config.SubscriberQueue). When it is full a data message is dropped
+	// and counted: blocking instead would stall rueidis' reader until
+	// Redis, 32 MB behind, cuts the subscription and everything in flight
+	// is lost, control messages included. With history the drop becomes a
+	// delay: the node then fills every socket from the streams.
+	defaultWorkerQueue = 16384
 )
 
 func (s *Server) newSubscriber() *subscriber {
@@ -73,14 +74,20 @@ func (s *Server) newSubscriber() *subscriber {
 			}
 			s.register(s.ctx)
 			s.resyncIfDirty(s.ctx)
+			if resub { // what was published while unsubscribed is in the streams
+				s.sweepStreams("resubscribe")
+			}
 		},
-		onDrop: s.markDirty, // a resync reloads membership
-		stop:   s.ctx.Done(),
-		seed:   maphash.MakeSeed(),
-		kick:   make(chan struct{}, 1),
+		onDrop: func() {
+			s.markDirty()              // a resync reloads membership
+			s.sweepStreams("overflow") // the streams hold what was dropped
+		},
+		stop: s.ctx.Done(),
+		seed: maphash.MakeSeed(),
+		kick: make(chan struct{}, 1),
 	}
 	for range subscriberWorkers {
-		sub.workers = append(sub.workers, make(chan store.Message, workerQueue))
+		sub.workers = append(sub.workers, make(chan store.Message, s.cfg.SubscriberQueue))
 	}
 	return sub
 }
@@ -216,7 +223,7 @@ func (sub *subscriber) syncTopics(topics []string) {
 
 // dispatch runs in rueidis' reader; it only hands the message on. Data
 // (sends, deliveries, channel and broadcast frames) is dropped and counted
-// when the worker is full (see workerQueue); control messages wait for
+// when the worker is full (see defaultWorkerQueue); control messages wait for
 // room, since losing one would leave state wrong. Any drop also schedules
 // a resync, which reloads membership.
 func (sub *subscriber) dispatch(m store.Message) {

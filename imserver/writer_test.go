@@ -2,6 +2,7 @@ package imserver
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -62,7 +63,12 @@ func handshakeRaw(t *testing.T, c net.Conn, u *url.URL, br *bufio.Reader) *rawCl
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("handshake: %v %v", resp, err)
 	}
-	return &rawClient{c: c, br: br}
+	rc := &rawClient{c: c, br: br}
+	// The first frame says the socket is attached and caught up.
+	if f, err := rc.readFrame(); err != nil || f.op != wire.OpText || !bytes.HasPrefix(f.payload, []byte(`{"type":"recovered","first":true`)) {
+		t.Fatalf("first frame: %+v %v, want recovered/first", f, err)
+	}
+	return rc
 }
 
 // readFrame reads one server frame and checks its header: final, no RSV

@@ -77,3 +77,22 @@ func (k keys) chanMemberKeys(chans []string) []string {
 	}
 	return out
 }
+
+// clientHistory is the STREAM of client id's personal messages (entry id
+// "<offset>-0", fields f = frame without position, x = expiry unix ms) and
+// clientHistoryMeta the HASH of its epoch (e) and last offset (o). The hash
+// tag puts a stream and its meta in one Cluster slot.
+func (k keys) clientHistory(id string) string     { return k.prefix + "hist:{u:" + id + "}" }
+func (k keys) clientHistoryMeta(id string) string { return k.clientHistory(id) + ":meta" }
+
+// chanHistory and chanHistoryMeta are the same for channel ch.
+func (k keys) chanHistory(ch string) string     { return k.prefix + "hist:{c:" + ch + "}" }
+func (k keys) chanHistoryMeta(ch string) string { return k.chanHistory(ch) + ":meta" }
+
+// history returns the stream and meta keys of s.
+func (k keys) history(s Stream) (stream, meta string) {
+	if s.Channel != "" {
+		return k.chanHistory(s.Channel), k.chanHistoryMeta(s.Channel)
+	}
+	return k.clientHistory(s.Client), k.clientHistoryMeta(s.Client)
+}

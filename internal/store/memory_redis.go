@@ -98,7 +98,7 @@ var ErrRedisFull = errors.New("redis is at maxmemory and refuses writes")
 // full turns Redis' OOM error into one that wraps ErrRedisFull, keeping
 // Redis' message; other errors pass unchanged.
 func full(err error) error {
-	if re, ok := rueidis.IsRedisErr(err); ok && strings.HasPrefix(re.Error(), "OOM") {
+	if re, ok := rueidis.IsRedisErr(err); ok && (strings.HasPrefix(re.Error(), "OOM") || strings.Contains(re.Error(), "OOM command not allowed")) {
 		return fmt.Errorf("%w: %s", ErrRedisFull, re.Error())
 	}
 	return err

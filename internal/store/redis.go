@@ -20,6 +20,7 @@ type Redis struct {
 
 	consumeToken, online, offline, leave, chanOnline, reapDone *rueidis.Lua
 	writeLease                                                 *flaggedScript
+	sendKept, chanKept, position, readHistory                  *rueidis.Lua
 }
 
 var (
@@ -52,6 +53,16 @@ var (
 	scriptWriteLease string
 	//go:embed lua/lease.lua
 	luaLease string // prepended to the scripts that read a lease
+	//go:embed lua/history.lua
+	luaHistory string // prepended to the scripts that keep or read history
+	//go:embed lua/send_kept.lua
+	scriptSendKept string
+	//go:embed lua/chan_kept.lua
+	scriptChanKept string
+	//go:embed lua/position.lua
+	scriptPosition string
+	//go:embed lua/read_history.lua
+	scriptReadHistory string
 )
 
 // Options configures a Redis store. Zero values mean the defaults given.
@@ -81,6 +92,10 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 		chanOnline:   rueidis.NewLuaScript(scriptChanOnline),
 		reapDone:     rueidis.NewLuaScript(luaLease + scriptReapDone),
 		writeLease:   newFlaggedScript("allow-oom", luaLease+scriptWriteLease),
+		sendKept:     rueidis.NewLuaScript(luaHistory + scriptSendKept),
+		chanKept:     rueidis.NewLuaScript(luaHistory + scriptChanKept),
+		position:     rueidis.NewLuaScript(luaHistory + scriptPosition),
+		readHistory:  rueidis.NewLuaScript(luaHistory + scriptReadHistory),
 	}
 }
 

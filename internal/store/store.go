@@ -224,6 +224,7 @@ type Node interface {
 	Subscriber
 	Membership
 	Memory
+	History
 }
 
 // Helper is what imhelper needs.
@@ -235,4 +236,5 @@ type Helper interface {
 	Publisher
 	Events
 	Admin
+	History
 }

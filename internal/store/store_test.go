@@ -18,13 +18,14 @@ import (
 // Every redis.call in every script names its key as KEYS[n]: no key is
 // built from ARGV or from data the script read, which a Redis Cluster
 // cannot route. PUBLISH names a channel, not a key. lease.lua's helper
-// takes its key as a parameter: every call of it must pass KEYS[n].
+// takes its key as a parameter, and history.lua's helpers their stream and
+// meta: every call of them must pass KEYS[n].
 func TestScriptsDeclareEveryKey(t *testing.T) {
 	files, err := filepath.Glob("lua/*.lua")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no scripts: %v", err)
 	}
-	call := regexp.MustCompile(`(redis\.call\('\w+'|lease_live)[,(]\s*([^,)]+)`)
+	call := regexp.MustCompile(`(redis\.call\('\w+'|lease_live|epoch_of|append)[,(]\s*([^,)]+)`)
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -35,7 +36,9 @@ func TestScriptsDeclareEveryKey(t *testing.T) {
 			t.Errorf("%s: no redis.call found", f)
 		}
 		for _, m := range calls {
-			if m[1] == "redis.call('PUBLISH'" || (filepath.Base(f) == "lease.lua" && m[2] == "key") {
+			helperParam := filepath.Base(f) == "lease.lua" && m[2] == "key" ||
+				filepath.Base(f) == "history.lua" && (m[2] == "stream" || m[2] == "meta")
+			if m[1] == "redis.call('PUBLISH'" || helperParam {
 				continue
 			}
 			if !regexp.MustCompile(`^KEYS\[[^\]]+\]$`).MatchString(strings.TrimSpace(m[2])) {

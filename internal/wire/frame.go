@@ -13,6 +13,7 @@ const (
 	TypeChannel   = "channel"
 	TypeBroadcast = "broadcast"
 	TypeReceipt   = "receipt"
+	TypeRecovered = "recovered" // RecoveredFrame
 )
 
 // Receipt statuses.

@@ -46,6 +46,13 @@ type NodeMsg struct {
 	Client  string   `json:"c,omitempty"`
 	Chans   []string `json:"chans,omitempty"`
 	Nonce   string   `json:"nonce,omitempty"`
+	// Pos holds, parallel to To (send, deliver) or Chans (join), the
+	// position (Position.String) of each message in its receiver's
+	// history stream, or of each channel at join time; "" where there is
+	// none. EchoPos is the echo copy's position in the sender's stream.
+	// Both are optional: a reader that ignores them delivers at most once.
+	Pos     []string `json:"pos,omitempty"`
+	EchoPos string   `json:"epos,omitempty"`
 }
 
 // ErrMalformed reports a node message that cannot be decoded. A node logs and
@@ -67,6 +74,10 @@ func EncodeNodeMsg(h NodeMsg, frames ...[]byte) []byte {
 	for _, c := range h.Chans {
 		n += len(c) + 3
 	}
+	for _, p := range h.Pos {
+		n += len(p) + 3
+	}
+	n += len(h.EchoPos)
 	for _, f := range frames {
 		n += 1 + len(f)
 	}
@@ -86,6 +97,8 @@ func EncodeNodeMsg(h NodeMsg, frames ...[]byte) []byte {
 	b = appendField(b, `,"c":`, h.Client)
 	b = appendList(b, `,"chans":[`, h.Chans)
 	b = appendField(b, `,"nonce":`, h.Nonce)
+	b = appendList(b, `,"pos":[`, h.Pos)
+	b = appendField(b, `,"epos":`, h.EchoPos)
 	b = append(b, '}')
 	for _, f := range frames {
 		b = append(b, '\n')
@@ -163,7 +176,37 @@ func DecodeNodeMsg(msg []byte) (NodeMsg, [][]byte, error) {
 	default:
 		return h, nil, fmt.Errorf("%w: unknown kind %q", ErrMalformed, h.Kind)
 	}
+	if err := checkPositions(h); err != nil {
+		return h, nil, err
+	}
 	return h, frames, nil
+}
+
+// checkPositions checks that pos, if given, has one valid position (or "")
+// per receiver (send, deliver) or channel (join).
+func checkPositions(h NodeMsg) error {
+	if len(h.Pos) == 0 && h.EchoPos == "" {
+		return nil
+	}
+	want := len(h.To)
+	switch {
+	case h.Kind == KindJoin:
+		want = len(h.Chans)
+	case h.Kind != KindSend && h.Kind != KindDeliver:
+		return fmt.Errorf("%w: positions on a %s", ErrMalformed, h.Kind)
+	}
+	if len(h.Pos) != 0 && len(h.Pos) != want {
+		return fmt.Errorf("%w: %d positions for %d entries", ErrMalformed, len(h.Pos), want)
+	}
+	if h.EchoPos != "" && (h.Kind != KindSend || h.Echo == "") {
+		return fmt.Errorf("%w: echo position without an echo", ErrMalformed)
+	}
+	for _, p := range append(h.Pos, h.EchoPos) {
+		if _, err := ParsePosition(p); err != nil {
+			return fmt.Errorf("%w: position %q", ErrMalformed, p)
+		}
+	}
+	return nil
 }
 
 // ValidFrame reports whether a frame taken from a channel or broadcast topic
@@ -219,10 +262,14 @@ func decodeHeaderFast(b []byte, h *NodeMsg) bool {
 			dst = &h.Client
 		case "nonce":
 			dst = &h.Nonce
+		case "epos":
+			dst = &h.EchoPos
 		case "to":
 			list = &h.To
 		case "chans":
 			list = &h.Chans
+		case "pos":
+			list = &h.Pos
 		default:
 			return false
 		}

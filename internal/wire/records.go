@@ -45,6 +45,12 @@ type TokenRecord struct {
 	Client string `json:"client"`
 	Meta   string `json:"meta,omitempty"`
 	Issued int64  `json:"iat"` // unix ms
+	// Pos is the client's personal stream position when the token was
+	// issued (Position.String), "" without history: a first connect
+	// replays what was sent after it. ChanPos is the same for the client's
+	// channels with history.
+	Pos     string            `json:"pos,omitempty"`
+	ChanPos map[string]string `json:"cpos,omitempty"`
 }
 
 // NewToken returns 128 random bits, base64url without padding (22 chars).
