@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/imbroker/imbroker/imhelper"
+	"github.com/imbroker/imbroker/internal/wire"
 )
 
 // historyHelper is a second imhelper on c's Redis with the given history
@@ -315,4 +316,27 @@ func TestResumeWindow(t *testing.T) {
 			}
 		}
 	})
+}
+
+// While the fleet changes, a direct message that reaches a node which does
+// not hold the receiver (the new owner before the client arrives, or the
+// old one, from a stale view) is forwarded to the node that does.
+func TestForwardDuringMoves(t *testing.T) {
+	c := startCluster(t, 2, nil) // the nodes just saw each other: forwarding is on
+	var x *wsClient
+	var other string
+	for i := 0; x == nil; i++ {
+		id := fmt.Sprintf("fx-%d", i)
+		if c.helper.Owner(id) == "node-1" {
+			x, other = c.connect(id, ""), "node-2"
+		}
+	}
+	msg := wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindSend, To: []string{x.id}, ID: "fwd-1"},
+		wire.MessageFrame("fwd-1", "s", nil, time.Now().UnixMilli(), []byte(`"forwarded"`)))
+	if _, err := c.redis.Exec("PUBLISH", "im:n:"+other, string(msg)); err != nil {
+		t.Fatal(err)
+	}
+	if f := x.next(t); f.ID != "fwd-1" || string(f.Data) != `"forwarded"` {
+		t.Fatalf("got %+v", f)
+	}
 }

@@ -37,6 +37,7 @@ type metrics struct {
 	gaps       prometheus.Counter
 	sweeps     *prometheus.CounterVec
 	graceEnds  *prometheus.CounterVec
+	forwarded  prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -69,7 +70,8 @@ func newMetrics() *metrics {
 	m.gaps = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_stream_gaps_total", Help: "Live messages that showed a socket had missed one before it (a fill followed)."})
 	m.sweeps = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_stream_sweeps_total", Help: "Fills of every local socket, by cause (resubscribe, overflow)."}, []string{"why"})
 	m.graceEnds = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_offline_grace_total", Help: "Clients whose last socket closed under the offline grace, by how it ended: back (reconnected here), expired (offline, unless online elsewhere), flushed (at shutdown)."}, []string{"end"})
-	m.reg.MustRegister(m.recoveries, m.replayed, m.duplicates, m.gaps, m.sweeps, m.graceEnds)
+	m.forwarded = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_forwarded_messages_total", Help: "Direct messages for clients this node does not hold, passed to the node that does while clients move."})
+	m.reg.MustRegister(m.recoveries, m.replayed, m.duplicates, m.gaps, m.sweeps, m.graceEnds, m.forwarded)
 	// im_build_info is the usual constant 1 with the build in its labels, so
 	// a dashboard can show which version each node runs during a rollout.
 	bi := version.Get()

@@ -145,6 +145,7 @@ func (s *Server) refreshNodes(ctx context.Context) {
 	s.metrics.nodes.Set(float64(len(ids)))
 	s.peerVersion.Store(int64(wire.CommonVersion(live)))
 	if changed {
+		s.noteViewChange()
 		s.log.Info("node set changed", "nodes", ids)
 		s.scheduleMoves()
 	}

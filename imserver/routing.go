@@ -61,9 +61,14 @@ func (s *Server) handleNodeMsg(payload []byte) {
 	case wire.KindSend:
 		f := outFrame{b: frames[0], ts: wire.FrameTS(frames[0])}
 		var receipts [][]byte
+		var missing []forward
+		fwd := s.forwarding()
 		for i, to := range h.To {
 			p, pf := positioned(f, h.Pos, i)
 			ok := s.hub.sendClient(to, p, pf)
+			if !ok && fwd {
+				missing = append(missing, forward{to: to, pos: p.String(), frame: frames[0]})
+			}
 			if h.Receipt != "" {
 				st := wire.StatusOffline
 				if ok {
@@ -78,6 +83,9 @@ func (s *Server) handleNodeMsg(payload []byte) {
 		}
 		if len(receipts) > 0 {
 			s.sendReceipts(h.Receipt, receipts)
+		}
+		if len(missing) > 0 {
+			s.forwardMissing(missing)
 		}
 	case wire.KindDeliver:
 		for _, fb := range frames {

@@ -30,7 +30,8 @@ import (
 // writer.go (one socket), hub.go (local clients and channels), routing.go
 // (what arrives from Redis, receipts, moves), presence.go (online,
 // offline, joins, resync), recovery.go (history positions, replays and
-// fills), grace.go (the offline grace), registry.go (the lease and the registry loop,
+// fills), grace.go (the offline grace), forward.go (messages for moving
+// clients), registry.go (the lease and the registry loop,
 // reaping), heartbeat.go (the ping loop), subscriber.go (the pub/sub
 // connection and its workers), probe.go (the probe loop), outbox.go (what
 // the node publishes itself), ratelimit.go (the connect-rate limiters),
@@ -75,7 +76,11 @@ type Server struct {
 	// fillSlots bounds the history reads in flight (recovery.go), so that a
 	// sweep over every socket does not queue thousands at once.
 	fillSlots    chan struct{}
-	sweepPending atomic.Bool  // a sweepStreams is scheduled
+	sweepPending atomic.Bool // a sweepStreams is scheduled
+	// forwardUntil (unix nanos) ends the forwarding window that a change
+	// of the node set opens (forward.go); forwardSlots bounds its lookups.
+	forwardUntil atomic.Int64
+	forwardSlots chan struct{}
 	lastSweep    atomic.Int64 // unix nanos of the last sweep
 
 	// grace holds the clients whose last socket closed within the offline
@@ -124,17 +129,18 @@ func New(cfg Config, redis rueidis.Client, logger *slog.Logger) (*Server, error)
 		owned = rc
 	}
 	s := &Server{
-		cfg:        cfg,
-		log:        logger,
-		rc:         owned,
-		st:         store.NewRedis(rc, store.Options{Prefix: cfg.Prefix, EventStreamMaxLen: cfg.EventStreamMaxLen}),
-		started:    time.Now().UnixMilli(),
-		hub:        newHub(),
-		metrics:    newMetrics(),
-		limiter:    newRateLimiter(cfg.ConnectRate),
-		stripeSeed: maphash.MakeSeed(),
-		fillSlots:  make(chan struct{}, 64),
-		grace:      make(map[string]*graceEntry),
+		cfg:          cfg,
+		log:          logger,
+		rc:           owned,
+		st:           store.NewRedis(rc, store.Options{Prefix: cfg.Prefix, EventStreamMaxLen: cfg.EventStreamMaxLen}),
+		started:      time.Now().UnixMilli(),
+		hub:          newHub(),
+		metrics:      newMetrics(),
+		limiter:      newRateLimiter(cfg.ConnectRate),
+		stripeSeed:   maphash.MakeSeed(),
+		fillSlots:    make(chan struct{}, 64),
+		forwardSlots: make(chan struct{}, forwardSlots),
+		grace:        make(map[string]*graceEntry),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.outbox = newOutbox(s.st, s.metrics, s.log, cfg.RedisTimeout)
