@@ -228,7 +228,8 @@ func TestResumeWindow(t *testing.T) {
 	c := startCluster(t, 1, nil)
 	im := historyHelper(t, c, &imhelper.HistoryOptions{Clients: []imhelper.HistoryRule{{Size: 5, TTL: time.Minute}, {Prefix: "brief-", Size: 5, TTL: time.Second}}})
 	ctx := context.Background()
-	send := func(to string, n int) []imhelper.Position {
+	send := func(t *testing.T, to string, n int) []imhelper.Position {
+		t.Helper()
 		var out []imhelper.Position
 		for i := 0; i < n; i++ {
 			s, err := im.SendMessageResult(ctx, "s", []string{to}, strconv.Itoa(i))
@@ -239,19 +240,20 @@ func TestResumeWindow(t *testing.T) {
 		}
 		return out
 	}
-	away := func(id string) imhelper.Position {
+	away := func(t *testing.T, id string) imhelper.Position {
+		t.Helper()
 		w, err := connectAt(t, im, id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := send(id, 1)[0]
+		p := send(t, id, 1)[0]
 		if f := w.next(t); f.Offset != p.Offset {
 			t.Fatalf("live frame %+v, want offset %d", f, p.Offset)
 		}
 		_ = w.conn.Close(websocket.StatusNormalClosure, "")
 		return p
 	}
-	resume := func(id string, last imhelper.Position) (*wsClient, []frame) {
+	resume := func(t *testing.T, id string, last imhelper.Position) (*wsClient, []frame) {
 		t.Helper()
 		w, err := connectAt(t, im, id, last.String())
 		if err != nil {
@@ -265,9 +267,9 @@ func TestResumeWindow(t *testing.T) {
 	}
 
 	t.Run("within", func(t *testing.T) {
-		last := away("w")
-		missed := send("w", 4)
-		w, replayed := resume("w", last)
+		last := away(t, "w")
+		missed := send(t, "w", 4)
+		w, replayed := resume(t, "w", last)
 		if len(w.first.Streams) != 1 || !w.first.Streams[0].Recovered || w.first.Streams[0].Offset != missed[3].Offset {
 			t.Fatalf("first frame %+v", w.first)
 		}
@@ -281,16 +283,16 @@ func TestResumeWindow(t *testing.T) {
 		}
 	})
 	t.Run("more than the window", func(t *testing.T) {
-		last := away("m")
-		missed := send("m", 6) // the window keeps 5
-		w, replayed := resume("m", last)
+		last := away(t, "m")
+		missed := send(t, "m", 6) // the window keeps 5
+		w, replayed := resume(t, "m", last)
 		if st := w.first.Streams; len(st) != 1 || st[0].Recovered || st[0].Offset != missed[5].Offset || len(replayed) != 0 {
 			t.Fatalf("first frame %+v, replayed %d; want recovered:false at %d, nothing replayed", w.first, len(replayed), missed[5].Offset)
 		}
 	})
 	t.Run("longer than the ttl", func(t *testing.T) {
-		last := away("brief-1")
-		missed := send("brief-1", 1)
+		last := away(t, "brief-1")
+		missed := send(t, "brief-1", 1)
 		// The stream expires a TTL after its last append.
 		checkFor(t, 30*time.Second, func() error {
 			if out, _ := c.redis.Exec("EXISTS", "im:hist:{u:brief-1}"); strings.TrimSpace(out) != "0" {
@@ -298,24 +300,27 @@ func TestResumeWindow(t *testing.T) {
 			}
 			return nil
 		})
-		w, replayed := resume("brief-1", last)
+		w, replayed := resume(t, "brief-1", last)
 		if st := w.first.Streams; len(st) != 1 || st[0].Recovered || st[0].Offset != missed[0].Offset || len(replayed) != 0 {
 			t.Fatalf("first frame %+v, replayed %+v; want recovered:false", w.first, replayed)
 		}
 	})
 	t.Run("redis lost the history", func(t *testing.T) {
-		last := away("e")
-		send("e", 2)
+		last := away(t, "e")
+		send(t, "e", 2)
 		if _, err := c.redis.Exec("FLUSHALL"); err != nil {
 			t.Fatal(err)
 		}
 		checkFor(t, 30*time.Second, func() error { // the node re-registers
-			if _, err := im.PrevConnectServer(ctx, "probe", ""); err != nil {
-				return err
+			if out, _ := c.redis.Exec("EXISTS", "im:node:node-1"); strings.TrimSpace(out) != "1" {
+				return fmt.Errorf("node-1 not registered again")
+			}
+			if err := im.RefreshNodes(ctx); err != nil || len(im.Nodes()) != 1 {
+				return fmt.Errorf("imhelper sees %v (%v)", im.Nodes(), err)
 			}
 			return nil
 		})
-		w, replayed := resume("e", last)
+		w, replayed := resume(t, "e", last)
 		if st := w.first.Streams; len(st) != 1 || st[0].Recovered || st[0].Epoch == last.Epoch || len(replayed) != 0 {
 			t.Fatalf("first frame %+v, replayed %+v; want recovered:false in a new epoch", w.first, replayed)
 		}
