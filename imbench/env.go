@@ -68,7 +68,11 @@ func newEnv(ctx context.Context, o options) (*env, error) {
 			e.nodes = append(e.nodes, n)
 		}
 	}
-	e.helper, err = imhelper.New(ctx, imhelper.Options{RedisURL: e.redisURL, TokenTTL: 10 * time.Minute})
+	hist, err := historyOptions(o.history)
+	if err != nil {
+		return e, err
+	}
+	e.helper, err = imhelper.New(ctx, imhelper.Options{RedisURL: e.redisURL, TokenTTL: 10 * time.Minute, History: hist})
 	if err != nil {
 		return e, err
 	}
@@ -213,7 +217,7 @@ func (e *env) connectAll(ctx context.Context, count, dialers int, prefetch bool)
 			locals = append(locals, fmt.Sprintf("127.0.%d.%d", 1+(i*e.o.locals+j)/250, 2+(i*e.o.locals+j)%250))
 		}
 		req := workerReq{Op: "connect", RedisURL: e.redisURL, First: first, Count: n,
-			Dialers: max(1, dialers/nw), Local: locals, Prefetch: prefetch, Deadline: dl.UnixNano()}
+			Dialers: max(1, dialers/nw), Local: locals, Prefetch: prefetch, Deadline: dl.UnixNano(), History: e.o.history}
 		first += n
 		wg.Add(1)
 		go func() {
@@ -269,6 +273,9 @@ type recvStats struct {
 	bad       int64
 	misrouted int64
 	other     int64
+	recovered int64
+	unrecov   int64
+	replayed  int64
 }
 
 func (e *env) stats() (recvStats, error) {
@@ -282,6 +289,9 @@ func (e *env) stats() (recvStats, error) {
 		s.bad += r.Bad
 		s.misrouted += r.Misrouted
 		s.other += r.Other
+		s.recovered += r.Recovered
+		s.unrecov += r.Unrecov
+		s.replayed += r.Replayed
 		for i, st := range r.Steps {
 			for len(s.steps) <= i {
 				s.steps = append(s.steps, stepStats{})

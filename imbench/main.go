@@ -53,6 +53,7 @@ type options struct {
 	cpuprofile string
 	plot       string
 	plotData   string
+	history    string
 }
 
 func main() {
@@ -100,7 +101,12 @@ func main() {
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "CPU profile of imbench's own coordinator process")
 	fs.StringVar(&o.plot, "plot", "", "draw latency against rate from -plot-data JSON files into this PNG and exit")
 	fs.StringVar(&o.plotData, "plot-data", "", "comma-separated JSON files written by -json")
+	fs.StringVar(&o.history, "history", "client", "imhelper history of the load: off, client (imhelper's default: personal 100/2m), channel (the fan-out channel 100/2m, no personal) or both")
 	_ = fs.Parse(os.Args[1:])
+	if _, err := historyOptions(o.history); err != nil {
+		fmt.Fprintln(os.Stderr, "imbench:", err)
+		os.Exit(2)
+	}
 
 	if o.plot != "" {
 		if err := plotFiles(o.plot, strings.Split(o.plotData, ",")); err != nil {

@@ -87,3 +87,12 @@ func parseInt(f []byte, prefix string) (int64, []byte, bool) {
 	}
 	return n, f[j:], true
 }
+
+var (
+	recoveredType  = []byte(`{"type":"recovered"`)
+	recoveredFalse = []byte(`"recovered":false`)
+)
+
+// isRecovered reports whether f is a recovered frame (docs/protocol.md §17):
+// every socket's first frame, and later reports of unrecoverable gaps.
+func isRecovered(f []byte) bool { return bytes.HasPrefix(f, recoveredType) }

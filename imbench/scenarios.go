@@ -17,8 +17,8 @@ import (
 func kib(b float64) string { return fmt.Sprintf("%.1f", b/1024) }
 
 func (e *env) note(t *Table, load0 float64) {
-	t.Notes = append(t.Notes, fmt.Sprintf("nodes: %d (%s); load average at start %.2f, at end %.2f; %d load processes",
-		len(e.nodes), e.nodeKind(), load0, loadavg(), len(e.workers)))
+	t.Notes = append(t.Notes, fmt.Sprintf("nodes: %d (%s); load average at start %.2f, at end %.2f; %d load processes; -history %s",
+		len(e.nodes), e.nodeKind(), load0, loadavg(), len(e.workers), e.o.history))
 }
 
 func (e *env) nodeKind() string {
@@ -279,7 +279,7 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	const ch = "bench"
+	const ch = benchChan
 	M := e.o.members
 	// Join before connecting: the node loads the membership with presence.
 	var wg sync.WaitGroup

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -36,6 +37,7 @@ type workerReq struct {
 	Local    []string `json:"local,omitempty"`    // source addresses
 	Prefetch bool     `json:"prefetch,omitempty"` // fetch every URL before dialling
 	Deadline int64    `json:"deadline,omitempty"` // unix ns
+	History  string   `json:"history,omitempty"`  // -history mode of imhelper
 
 	// arm
 	Mode   string `json:"mode,omitempty"` // fanout or p2p
@@ -63,6 +65,9 @@ type workerResp struct {
 	Bad       int64             `json:"bad,omitempty"`
 	Misrouted int64             `json:"misrouted,omitempty"`
 	Other     int64             `json:"other,omitempty"`
+	Recovered int64             `json:"recovered,omitempty"` // recovered frames (not messages)
+	Unrecov   int64             `json:"unrecov,omitempty"`   // streams reported recovered:false
+	Replayed  int64             `json:"replayed,omitempty"`  // benchmark frames before a socket's first recovered frame
 	Hists     []map[int]uint64  `json:"hists,omitempty"`
 	Extra     map[string]string `json:"extra,omitempty"`
 }
@@ -76,6 +81,8 @@ type stepStats struct {
 type wconn struct {
 	idx int
 	ws  *websocket.Conn
+
+	live atomic.Bool // the socket's first recovered frame arrived
 
 	mu   sync.Mutex
 	bits []uint64 // fanout: sequence numbers received
@@ -103,6 +110,9 @@ type recvState struct {
 	bad       atomic.Int64
 	misrouted atomic.Int64
 	other     atomic.Int64
+	recovered atomic.Int64
+	unrecov   atomic.Int64
+	replayed  atomic.Int64
 }
 
 func runWorker() error {
@@ -179,7 +189,8 @@ func (w *worker) closeAll() {
 
 func (w *worker) stats() workerResp {
 	rs := w.rs.Load()
-	r := workerResp{Alive: w.alive.Load(), Bad: rs.bad.Load(), Misrouted: rs.misrouted.Load(), Other: rs.other.Load()}
+	r := workerResp{Alive: w.alive.Load(), Bad: rs.bad.Load(), Misrouted: rs.misrouted.Load(), Other: rs.other.Load(),
+		Recovered: rs.recovered.Load(), Unrecov: rs.unrecov.Load(), Replayed: rs.replayed.Load()}
 	n := 0
 	for i := maxSteps - 1; i >= 0; i-- {
 		if rs.uniq[i].Load() > 0 || rs.dups[i].Load() > 0 {
@@ -205,7 +216,11 @@ func (w *worker) connect(req workerReq) (workerResp, error) {
 	ctx, cancel := context.WithDeadline(w.ctx, time.Unix(0, req.Deadline))
 	defer cancel()
 	if w.helper == nil {
-		h, err := imhelper.New(ctx, imhelper.Options{RedisURL: req.RedisURL, Prefix: req.Prefix, TokenTTL: 10 * time.Minute})
+		hist, err := historyOptions(req.History)
+		if err != nil {
+			return resp, err
+		}
+		h, err := imhelper.New(ctx, imhelper.Options{RedisURL: req.RedisURL, Prefix: req.Prefix, TokenTTL: 10 * time.Minute, History: hist})
 		if err != nil {
 			return resp, err
 		}
@@ -364,7 +379,18 @@ func (w *worker) read(c *wconn) {
 		}
 		now := time.Now().UnixNano()
 		rs := w.rs.Load()
+		if isRecovered(buf) {
+			// The "you are live" frame (and later gap reports): neither a
+			// message nor a latency sample.
+			c.live.Store(true)
+			rs.recovered.Add(1)
+			rs.unrecov.Add(int64(bytes.Count(buf, recoveredFalse)))
+			continue
+		}
 		m, ok := parseFrame(buf)
+		if ok && !c.live.Load() {
+			rs.replayed.Add(1)
+		}
 		if !ok {
 			if rs.other.Add(1) == 1 {
 				fmt.Fprintf(os.Stderr, "first frame not from the benchmark: %.300s\n", buf)
