@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -61,7 +62,11 @@ func TestBrowserEndToEnd(t *testing.T) {
 // imserver processes on one redis-server, two pages in one room, and the
 // node holding one page's socket killed with SIGKILL while messages are
 // sent through the web API. The page reconnects to the survivor, and every
-// message, room and private, shows exactly once on both pages, in order.
+// message, room and private, shows exactly once on both pages, in order,
+// replayed from history. Then the killed node comes back (the page moves to
+// it) while the room's history is dropped: the page is told the room's
+// stream was not recovered and reloads the room from the API, again with
+// every message once.
 func TestBrowserNodeKill(t *testing.T) {
 	tools := browserTools(t)
 	redis := redistest.Start(t)
@@ -73,29 +78,53 @@ func TestBrowserNodeKill(t *testing.T) {
 	sys := startExternalSystem(t, redis.URL(), "e2e-"+randomHex(8))
 
 	// POST /kill-node?addr=<host:port> kills the node listening there with
-	// SIGKILL: no drain, no goodbye to Redis, as a crash.
+	// SIGKILL: no drain, no goodbye to Redis, as a crash. POST
+	// /start-node?addr=… starts it again. POST /drop-history?channel=…
+	// deletes a channel's history stream and its meta, as a Redis that
+	// restarted empty would have lost them.
 	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost || r.URL.Path != "/kill-node" {
+		if r.Method != http.MethodPost {
 			http.NotFound(w, r)
 			return
 		}
-		addr := r.URL.Query().Get("addr")
-		for _, n := range nodes {
-			if n.addr == addr {
-				if err := n.kill(); err != nil {
-					http.Error(w, err.Error(), http.StatusInternalServerError)
-					return
-				}
-				w.WriteHeader(http.StatusNoContent)
+		q := r.URL.Query()
+		var err error
+		switch r.URL.Path {
+		case "/kill-node", "/start-node":
+			n := slices.IndexFunc(nodes, func(n *nodeProcess) bool { return n.addr == q.Get("addr") })
+			if n < 0 {
+				http.Error(w, "no node listens on "+q.Get("addr"), http.StatusNotFound)
 				return
 			}
+			if r.URL.Path == "/kill-node" {
+				err = nodes[n].kill()
+			} else {
+				err = nodes[n].start()
+			}
+		case "/drop-history":
+			ch := q.Get("channel")
+			err = sys.rc.Do(r.Context(), sys.rc.B().Del().Key(chanHistoryKeys(ch)...).Build()).Error()
+		default:
+			http.NotFound(w, r)
+			return
 		}
-		http.Error(w, "no node listens on "+addr, http.StatusNotFound)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 	}))
 	t.Cleanup(control.Close)
 
 	tools.run(t, "node-kill", "BASE_URL="+sys.URL(), "CONTROL_URL="+control.URL,
 		"NODE_ADDRS="+nodes[0].addr+","+nodes[1].addr)
+}
+
+// chanHistoryKeys are the Redis keys of a channel's history: the stream and
+// its meta (docs/protocol.md).
+func chanHistoryKeys(ch string) []string {
+	stream := "im:hist:{c:" + ch + "}"
+	return []string{stream, stream + ":meta"}
 }
 
 // browserTools are what the browser tests run: Node.js, Chromium and

@@ -54,8 +54,9 @@ async function newPage(name, { strict = false } = {}) {
   page.on('websocket', (ws) => {
     seen.urls.push(ws.url());
     ws.on('framereceived', ({ payload }) => {
-      if (typeof payload !== 'string' || !payload.startsWith('{"type":"recovered"')) return;
-      seen.recovered.push({ url: ws.url(), frame: JSON.parse(payload) });
+      if (typeof payload !== 'string' || !payload.includes('"recovered"')) return;
+      const frame = JSON.parse(payload);
+      if (frame.type === 'recovered') seen.recovered.push({ url: ws.url(), frame });
     });
   });
   page.on('pageerror', (err) => pageErrors.push(`${name}: ${err.message}`));
@@ -358,8 +359,7 @@ async function nodeKill() {
 
   step(`kill -9 the node of alice (${victim}) while the messages go on`);
   const [aliceConnects, aliceLives, bobConnects] = [await connects(alice), await lives(alice), await connects(bob)];
-  const res = await fetch(`${CONTROL_URL}/kill-node?addr=${encodeURIComponent(victim)}`, { method: 'POST' });
-  if (!res.ok) throw new Error('kill failed: ' + (await res.text()));
+  await control(`/kill-node?addr=${encodeURIComponent(victim)}`);
   const killedAt = (await burst()).sent;
   try {
     await alice.waitForFunction((n) => Number(document.body.dataset.live) > n, aliceLives, { timeout: 30000 });
@@ -406,4 +406,66 @@ async function nodeKill() {
   await shows(alice, `alice's conversation with ${bobNick}`, dms);
   await bob.click('#dms li[data-nick=alice] button');
   await shows(bob, `${bobNick}'s conversation with alice`, dms);
+
+  step('the killed node comes back and alice moves to it; her connect waits while the room history is lost');
+  for (const page of [alice, bob]) await page.click('#rooms li[data-room=lobby] button.open');
+  for (const [page, name] of [[alice, 'alice'], [bob, bobNick]]) await shows(page, `${name}'s lobby`, want);
+  // Alice's page asks for its URLs in vain until released: her socket
+  // stays down for as long as the test needs.
+  let release;
+  const held = new Promise((resolve) => (release = resolve));
+  let asked = 0;
+  await alice.route('**/api/connect', async (route) => {
+    asked++;
+    await held;
+    await route.continue();
+  });
+  const livesBefore = await lives(alice);
+  await control(`/start-node?addr=${encodeURIComponent(victim)}`);
+  // The owner of alice is her first node again: the survivor moves her (4002).
+  try {
+    await alice.waitForFunction(() => document.querySelector('#conn').dataset.state === 'connecting', null, { timeout: 30000 });
+  } catch (err) {
+    throw new Error(`alice's page was not moved off ${survivor} after ${victim} came back: sockets ${JSON.stringify(sock(alice).urls)} (${err.message.split('\n')[0]})`);
+  }
+  const gap = Array.from({ length: 8 }, (_, i) => `gap ${i + 1}`);
+  await postAll(bob, gap.slice(0, 5));
+  // The room's stream and its meta are gone, as after a Redis that restarted
+  // empty: the stream starts again in a new epoch, and what alice missed
+  // before cannot be replayed.
+  await control('/drop-history?channel=room.lobby');
+  await postAll(bob, gap.slice(5));
+  if (asked === 0) throw new Error("alice's page did not ask for a URL while its socket was down");
+  release();
+  await alice.unroute('**/api/connect');
+  await alice.waitForFunction((n) => Number(document.body.dataset.live) > n, livesBefore, { timeout: 30000 });
+  const again = sock(alice).recovered.filter((r) => r.frame.first).at(-1);
+  const lobby = again.frame.streams.find((st) => st.channel === 'room.lobby');
+  if (!lobby || lobby.recovered !== false) throw new Error(`room.lobby should not be recoverable: ${JSON.stringify(again.frame)}`);
+  step('the stream was not recovered: the page reloaded the room, and shows every message once');
+  const all = [...want, ...gap];
+  for (const [page, name] of [[alice, 'alice'], [bob, bobNick]]) await shows(page, `${name}'s lobby`, all);
+  await say(alice, 'in the new epoch');
+  await seeMessage(bob, 'in the new epoch');
+  for (const [page, name] of [[alice, 'alice'], [bob, bobNick]]) await shows(page, `${name}'s lobby`, [...all, 'in the new epoch']);
+}
+
+async function control(path) {
+  const res = await fetch(CONTROL_URL + path, { method: 'POST' });
+  if (!res.ok) throw new Error(`${path}: ${res.status} ${await res.text()}`);
+}
+
+// postAll sends room messages to the lobby from a page, one after another,
+// through the API as the page's composer does.
+function postAll(page, texts) {
+  return page.evaluate(async (texts) => {
+    for (const text of texts) {
+      const res = await fetch('/api/rooms/lobby/messages', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ text }),
+      });
+      if (!res.ok) throw new Error(`posting ${text}: ${res.status} ${await res.text()}`);
+    }
+  }, texts);
 }
