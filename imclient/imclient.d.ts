@@ -12,7 +12,20 @@ export declare const CloseCodes: Readonly<{
   NO_PONG: 4004;
 }>;
 
-/** A private message (imhelper SendMessage). `to` is set only on the copy echoed to the sender's other sockets. */
+/**
+ * Where a client stands in a stream with history. `epoch` is 1-32 characters
+ * of `A-Za-z0-9_-` and changes when the broker lost the stream; `offset`
+ * counts the stream's messages (0 = before the first one).
+ */
+export interface Position {
+  epoch: string;
+  offset: number;
+}
+
+/**
+ * A private message (imhelper SendMessage). `to` is set only on the copy echoed to the sender's other sockets.
+ * `epoch`/`offset`: its position in the personal stream (the sender's own for an echo copy), when that stream has history.
+ */
 export interface MessageFrame<T = unknown> {
   type: 'message';
   id: string;
@@ -20,9 +33,11 @@ export interface MessageFrame<T = unknown> {
   to?: string[];
   ts: number;
   data: T;
+  epoch?: string;
+  offset?: number;
 }
 
-/** A channel (room) message (imhelper SendChanMessage). */
+/** A channel (room) message (imhelper SendChanMessage). `epoch`/`offset`: its position in the channel's stream, when it has history. */
 export interface ChannelFrame<T = unknown> {
   type: 'channel';
   id: string;
@@ -30,6 +45,31 @@ export interface ChannelFrame<T = unknown> {
   channel: string;
   ts: number;
   data: T;
+  epoch?: string;
+  offset?: number;
+}
+
+/** One stream of a `recovered` frame. */
+export interface RecoveredStream extends Position {
+  /** "" = the personal stream, otherwise the channel name. */
+  channel: string;
+  /**
+   * true: whatever was missed was replayed before this frame. false: messages were
+   * missed that cannot be replayed; reload this stream's state from your API.
+   */
+  recovered: boolean;
+}
+
+/**
+ * The first frame of every socket ("you are live", `first: true`), and later
+ * ones without `first` when the node finds a gap it cannot fill. Lists only
+ * streams with history and a known position; `epoch`/`offset` are where the
+ * client now stands.
+ */
+export interface RecoveredFrame {
+  type: 'recovered';
+  first?: boolean;
+  streams: RecoveredStream[];
 }
 
 /** A message to every online client (imhelper SendBroadcastMessage). */
@@ -71,7 +111,10 @@ export interface CloseEvent {
 
 export interface IMClientEventMap {
   state: StateEvent;
-  /** A socket opened. Frames sent while disconnected are lost: reload what you show. */
+  /**
+   * A socket opened. Streams without history lose what was sent while disconnected:
+   * reload what they show (for streams with history, wait for `recovered`).
+   */
   open: Record<string, never>;
   close: CloseEvent;
   /** getURL failed (the client retries) or a frame was not JSON. */
@@ -80,6 +123,8 @@ export interface IMClientEventMap {
   channel: ChannelFrame;
   broadcast: BroadcastFrame;
   receipt: ReceiptFrame;
+  /** The client keeps the streams' positions before handlers run. */
+  recovered: RecoveredFrame;
 }
 
 export interface IMClientOptions {
@@ -100,6 +145,12 @@ export interface IMClientOptions {
 export declare class IMClient {
   constructor(options: IMClientOptions);
   readonly state: ConnectionState;
+  /** A snapshot of the last position per stream: "" = personal, other keys are channel names. */
+  readonly positions: Record<string, Position>;
+  /** Seeds a stream's position ("" = personal); the next connect resumes from it. Throws TypeError on a malformed one. */
+  setPosition(channel: string, position: Position): void;
+  /** Forgets a stream's position ("" = personal), e.g. after leaving a channel. */
+  forgetChannel(channel: string): void;
   on<K extends keyof IMClientEventMap>(type: K, handler: (event: IMClientEventMap[K]) => void): () => void;
   start(): void;
   reconnectNow(): void;

@@ -17,7 +17,29 @@ export const CloseCodes = Object.freeze({
   NO_PONG: 4004,
 });
 
-const FRAME_TYPES = new Set(['message', 'channel', 'broadcast', 'receipt']);
+const FRAME_TYPES = new Set(['message', 'channel', 'broadcast', 'receipt', 'recovered']);
+
+// A (re)connect URL carries at most one personal and this many channel
+// positions: the node refuses more.
+const MAX_CHANNEL_POSITIONS = 64;
+
+const EPOCH = /^[A-Za-z0-9_-]{1,32}$/;
+// Channel names follow the broker's clientId rules: 1-128 bytes of UTF-8
+// without whitespace or control characters.
+const BAD_CHANNEL_CHAR = /[\s\p{Cc}]/u;
+const utf8 = new TextEncoder();
+
+const validPosition = (p) =>
+  p !== null &&
+  typeof p === 'object' &&
+  typeof p.epoch === 'string' &&
+  EPOCH.test(p.epoch) &&
+  Number.isSafeInteger(p.offset) &&
+  p.offset >= 0;
+
+const validChannel = (ch) =>
+  typeof ch === 'string' &&
+  (ch === '' || (!BAD_CHANNEL_CHAR.test(ch) && utf8.encode(ch).length <= 128));
 
 export class IMClient {
   #getURL;
@@ -33,6 +55,11 @@ export class IMClient {
   #timer = null;
   #stableTimer = null;
   #generation = 0; // invalidates callbacks of an abandoned connect
+  // Where the client stands in each stream with history: "" is the personal
+  // stream, other keys are channel names. Map order is the order of the
+  // last update, oldest first, so that the URL keeps the busiest channels
+  // when there are more than MAX_CHANNEL_POSITIONS.
+  #positions = new Map();
 
   /**
    * @param {object} options
@@ -58,6 +85,34 @@ export class IMClient {
   /** 'idle' | 'connecting' | 'open' | 'waiting' | 'kicked' | 'closed' */
   get state() {
     return this.#state;
+  }
+
+  /**
+   * The last position per stream, as a fresh object on each read:
+   * `{"": {epoch, offset}, "room1": {epoch, offset}, …}` ("" = the personal
+   * stream). Changing it changes nothing in the client.
+   */
+  get positions() {
+    return Object.fromEntries([...this.#positions].map(([ch, p]) => [ch, { epoch: p.epoch, offset: p.offset }]));
+  }
+
+  /**
+   * Seeds the position of a stream ("" = personal), e.g. from positions the
+   * page saved before a reload. The next connect resumes from it.
+   * @param {string} channel
+   * @param {{epoch: string, offset: number}} position
+   */
+  setPosition(channel, position) {
+    if (!validChannel(channel)) throw new TypeError(`not a channel name: ${JSON.stringify(channel)}`);
+    if (!validPosition(position)) {
+      throw new TypeError('a position is {epoch: 1-32 characters of A-Za-z0-9_-, offset: a non-negative integer}');
+    }
+    this.#keep(channel, position.epoch, position.offset);
+  }
+
+  /** Forgets the position of a stream ("" = personal), e.g. after leaving a channel. */
+  forgetChannel(channel) {
+    this.#positions.delete(channel);
   }
 
   /** Subscribes to an event; returns a function that unsubscribes. */
@@ -104,7 +159,7 @@ export class IMClient {
 
     let ws;
     try {
-      ws = new this.#WebSocket(url);
+      ws = new this.#WebSocket(this.#withPositions(url));
     } catch (error) {
       this.#emit('error', { error });
       this.#retry({ error });
@@ -145,7 +200,46 @@ export class IMClient {
       return;
     }
     // Unknown frame types are ignored so that newer brokers stay compatible.
-    if (frame && FRAME_TYPES.has(frame.type)) this.#emit(frame.type, frame);
+    if (!frame || !FRAME_TYPES.has(frame.type)) return;
+    if (frame.type === 'recovered') {
+      // Each listed stream's position is where the client now stands,
+      // whether its gap was replayed or not (recovered:false).
+      for (const st of Array.isArray(frame.streams) ? frame.streams : []) {
+        if (st && validChannel(st.channel) && validPosition(st)) this.#keep(st.channel, st.epoch, st.offset);
+      }
+    } else if ((frame.type === 'message' || frame.type === 'channel') && frame.epoch !== undefined) {
+      // Echo copies (a message with "to") carry the position in the
+      // sender's personal stream, which is this client's own.
+      const key = frame.type === 'message' ? '' : frame.channel;
+      if (validChannel(key) && validPosition(frame)) {
+        const kept = this.#positions.get(key);
+        if (kept && kept.epoch === frame.epoch && frame.offset <= kept.offset) return; // seen already
+        this.#keep(key, frame.epoch, frame.offset);
+      }
+    }
+    this.#emit(frame.type, frame);
+  }
+
+  #keep(channel, epoch, offset) {
+    this.#positions.delete(channel); // re-inserted last: the most recent
+    this.#positions.set(channel, { epoch, offset });
+  }
+
+  // withPositions appends one pos parameter per stream with a position:
+  // pos=<epoch>.<offset> for the personal stream, pos=<epoch>.<offset>.<channel>
+  // for channels, at most MAX_CHANNEL_POSITIONS of them, the most recently
+  // updated ones.
+  #withPositions(url) {
+    const params = [];
+    const personal = this.#positions.get('');
+    if (personal) params.push(`${personal.epoch}.${personal.offset}`);
+    const channels = [...this.#positions].filter(([ch]) => ch !== '').slice(-MAX_CHANNEL_POSITIONS);
+    for (const [ch, p] of channels) params.push(`${p.epoch}.${p.offset}.${ch}`);
+    if (params.length === 0) return url;
+    const hash = url.indexOf('#');
+    const [base, fragment] = hash < 0 ? [url, ''] : [url.slice(0, hash), url.slice(hash)];
+    const query = params.map((p) => 'pos=' + encodeURIComponent(p)).join('&');
+    return base + (base.includes('?') ? (base.endsWith('?') || base.endsWith('&') ? '' : '&') : '?') + query + fragment;
   }
 
   // retry waits and connects again with a fresh URL. "now" still waits a

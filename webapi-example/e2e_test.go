@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -18,47 +19,21 @@ import (
 	"github.com/imbroker/imbroker/internal/redistest"
 )
 
-// TestBrowserEndToEnd runs e2e/chat.e2e.mjs in headless Chromium against
-// the real thing: a redis-server, an imserver binary in its own process and
-// the web API started as `IM_REDIS_URL=… webapi-example` would start it.
+// TestBrowserEndToEnd runs the chat scenario of e2e/chat.e2e.mjs in
+// headless Chromium against the real thing: a redis-server, an imserver
+// binary in its own process and the web API started as
+// `IM_REDIS_URL=… webapi-example` would start it.
 // Missing Node.js, npm packages or Chromium fail the test:
 // webapi-example/e2e/install.sh installs them.
 //
 // UPDATE_SCREENSHOT=1 saves the screenshot to docs/screenshot.png.
 func TestBrowserEndToEnd(t *testing.T) {
-	nodeBin, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node not found; run webapi-example/e2e/install.sh")
-	}
-	chromiumBin := os.Getenv("CHROMIUM")
-	if chromiumBin == "" {
-		chromiumBin = "/usr/bin/chromium"
-	}
-	if _, err := os.Stat(chromiumBin); err != nil {
-		t.Fatalf("chromium not found at %s (set CHROMIUM to override); run webapi-example/e2e/install.sh", chromiumBin)
-	}
-	if _, err := os.Stat("e2e/node_modules/playwright-core/package.json"); err != nil {
-		t.Fatal("playwright-core is not installed in webapi-example/e2e; run webapi-example/e2e/install.sh")
-	}
-
+	tools := browserTools(t)
 	redis := redistest.Start(t)
-	node := startNodeProcess(t, redis.URL())
+	node := startNodeProcess(t, buildImserver(t), redis.URL(), "e2e-node")
 
 	adminToken := "e2e-" + randomHex(8)
-	env := map[string]string{"IM_REDIS_URL": redis.URL(), "WEBAPI_ADDR": "127.0.0.1:0", "WEBAPI_ADMIN_TOKEN": adminToken}
-	sys, err := startSystem(context.Background(), configFromEnv(func(k string) string { return env[k] }),
-		slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = sys.Close(ctx)
-	})
-	if sys.embedded != nil {
-		t.Fatal("IM_REDIS_URL did not select the external mode")
-	}
+	sys := startExternalSystem(t, redis.URL(), adminToken)
 
 	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost || r.URL.Path != "/restart-node" {
@@ -77,20 +52,138 @@ func TestBrowserEndToEnd(t *testing.T) {
 	if os.Getenv("UPDATE_SCREENSHOT") != "" {
 		screenshot, _ = filepath.Abs("../docs/screenshot.png")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, nodeBin, "chat.e2e.mjs")
-	cmd.Dir = "e2e"
-	cmd.Env = append(os.Environ(),
-		"BASE_URL="+sys.URL(), "CONTROL_URL="+control.URL, "ADMIN_TOKEN="+adminToken,
-		"CHROMIUM="+chromiumBin, "SCREENSHOT="+screenshot)
-	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("browser test failed: %v", err)
-	}
+	tools.run(t, "chat", "BASE_URL="+sys.URL(), "CONTROL_URL="+control.URL, "ADMIN_TOKEN="+adminToken, "SCREENSHOT="+screenshot)
 	if _, err := os.Stat(screenshot); err != nil {
 		t.Fatalf("no screenshot: %v", err)
 	}
+}
+
+// TestBrowserNodeKill runs the node-kill scenario of e2e/chat.e2e.mjs: two
+// imserver processes on one redis-server, two pages in one room, and the
+// node holding one page's socket killed with SIGKILL while messages are
+// sent through the web API. The page reconnects to the survivor, and every
+// message, room and private, shows exactly once on both pages, in order,
+// replayed from history. Then the killed node comes back (the page moves to
+// it) while the room's history is dropped: the page is told the room's
+// stream was not recovered and reloads the room from the API, again with
+// every message once.
+func TestBrowserNodeKill(t *testing.T) {
+	tools := browserTools(t)
+	redis := redistest.Start(t)
+	bin := buildImserver(t)
+	nodes := []*nodeProcess{
+		startNodeProcess(t, bin, redis.URL(), "e2e-node-1"),
+		startNodeProcess(t, bin, redis.URL(), "e2e-node-2"),
+	}
+	sys := startExternalSystem(t, redis.URL(), "e2e-"+randomHex(8))
+
+	// POST /kill-node?addr=<host:port> kills the node listening there with
+	// SIGKILL: no drain, no goodbye to Redis, as a crash. POST
+	// /start-node?addr=… starts it again. POST /drop-history?channel=…
+	// deletes a channel's history stream and its meta, as a Redis that
+	// restarted empty would have lost them.
+	control := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			http.NotFound(w, r)
+			return
+		}
+		q := r.URL.Query()
+		var err error
+		switch r.URL.Path {
+		case "/kill-node", "/start-node":
+			n := slices.IndexFunc(nodes, func(n *nodeProcess) bool { return n.addr == q.Get("addr") })
+			if n < 0 {
+				http.Error(w, "no node listens on "+q.Get("addr"), http.StatusNotFound)
+				return
+			}
+			if r.URL.Path == "/kill-node" {
+				err = nodes[n].kill()
+			} else {
+				err = nodes[n].start()
+			}
+		case "/drop-history":
+			ch := q.Get("channel")
+			err = sys.rc.Do(r.Context(), sys.rc.B().Del().Key(chanHistoryKeys(ch)...).Build()).Error()
+		default:
+			http.NotFound(w, r)
+			return
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(control.Close)
+
+	tools.run(t, "node-kill", "BASE_URL="+sys.URL(), "CONTROL_URL="+control.URL,
+		"NODE_ADDRS="+nodes[0].addr+","+nodes[1].addr)
+}
+
+// chanHistoryKeys are the Redis keys of a channel's history: the stream and
+// its meta (docs/protocol.md).
+func chanHistoryKeys(ch string) []string {
+	stream := "im:hist:{c:" + ch + "}"
+	return []string{stream, stream + ":meta"}
+}
+
+// browserTools are what the browser tests run: Node.js, Chromium and
+// playwright-core. A missing one fails the test:
+// webapi-example/e2e/install.sh installs them.
+type browserEnv struct{ node, chromium string }
+
+func browserTools(t *testing.T) browserEnv {
+	t.Helper()
+	nodeBin, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatal("node not found; run webapi-example/e2e/install.sh")
+	}
+	chromiumBin := os.Getenv("CHROMIUM")
+	if chromiumBin == "" {
+		chromiumBin = "/usr/bin/chromium"
+	}
+	if _, err := os.Stat(chromiumBin); err != nil {
+		t.Fatalf("chromium not found at %s (set CHROMIUM to override); run webapi-example/e2e/install.sh", chromiumBin)
+	}
+	if _, err := os.Stat("e2e/node_modules/playwright-core/package.json"); err != nil {
+		t.Fatal("playwright-core is not installed in webapi-example/e2e; run webapi-example/e2e/install.sh")
+	}
+	return browserEnv{node: nodeBin, chromium: chromiumBin}
+}
+
+// run runs one scenario of e2e/chat.e2e.mjs with the given environment.
+func (b browserEnv) run(t *testing.T, scenario string, env ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, b.node, "chat.e2e.mjs")
+	cmd.Dir = "e2e"
+	cmd.Env = append(append(os.Environ(), "SCENARIO="+scenario, "CHROMIUM="+b.chromium), env...)
+	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("browser test %s failed: %v", scenario, err)
+	}
+}
+
+// startExternalSystem starts the web API as `IM_REDIS_URL=… webapi-example`
+// would, on a free port, and stops it when the test ends.
+func startExternalSystem(t *testing.T, redisURL, adminToken string) *system {
+	t.Helper()
+	env := map[string]string{"IM_REDIS_URL": redisURL, "WEBAPI_ADDR": "127.0.0.1:0", "WEBAPI_ADMIN_TOKEN": adminToken}
+	sys, err := startSystem(context.Background(), configFromEnv(func(k string) string { return env[k] }),
+		slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = sys.Close(ctx)
+	})
+	if sys.embedded != nil {
+		t.Fatal("IM_REDIS_URL did not select the external mode")
+	}
+	return sys
 }
 
 // nodeProcess is an imserver binary run as a child process on a fixed port,
@@ -105,7 +198,8 @@ type nodeProcess struct {
 	cmd *exec.Cmd
 }
 
-func startNodeProcess(t *testing.T, redisURL string) *nodeProcess {
+// buildImserver builds the imserver binary of this checkout.
+func buildImserver(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "imserver")
 	build := exec.Command("go", "build", "-o", bin, "./imserver/cmd/imserver")
@@ -113,6 +207,11 @@ func startNodeProcess(t *testing.T, redisURL string) *nodeProcess {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build imserver: %v\n%s", err, out)
 	}
+	return bin
+}
+
+func startNodeProcess(t *testing.T, bin, redisURL, id string) *nodeProcess {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +219,7 @@ func startNodeProcess(t *testing.T, redisURL string) *nodeProcess {
 	addr := l.Addr().String()
 	l.Close()
 	n := &nodeProcess{t: t, bin: bin, addr: addr, args: []string{
-		"-listen", addr, "-redis-url", redisURL, "-node-id", "e2e-node",
+		"-listen", addr, "-redis-url", redisURL, "-node-id", id,
 		"-origins", "127.0.0.1:*", "-drain-window", "200ms", "-drain-timeout", "5s",
 	}}
 	if err := n.start(); err != nil {
@@ -173,6 +272,22 @@ func (n *nodeProcess) stop() {
 		_ = cmd.Process.Kill()
 		<-done
 	}
+}
+
+// kill ends the node with SIGKILL, as a crash would, and waits for it.
+func (n *nodeProcess) kill() error {
+	n.mu.Lock()
+	cmd := n.cmd
+	n.cmd = nil
+	n.mu.Unlock()
+	if cmd == nil {
+		return fmt.Errorf("the node on %s is not running", n.addr)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		return err
+	}
+	_ = cmd.Wait() // "signal: killed"
+	return nil
 }
 
 func (n *nodeProcess) restart() error {

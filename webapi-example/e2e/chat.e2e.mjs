@@ -1,10 +1,15 @@
 // Browser test of the chat page in headless Chromium. e2e_test.go starts
-// Redis, an imserver process and the web API, then runs this script with:
+// Redis, imserver processes and the web API, then runs this script with:
+//   SCENARIO      "chat" (TestBrowserEndToEnd) or "node-kill" (TestBrowserNodeKill)
 //   BASE_URL      the web API and page
-//   CONTROL_URL   POST /restart-node restarts the imserver process
-//   ADMIN_TOKEN   the kick endpoint's token
+//   CONTROL_URL   chat: POST /restart-node restarts the imserver process;
+//                 node-kill: POST /kill-node?addr=<host:port> kills that node with SIGKILL
 //   CHROMIUM      the browser binary (Debian package chromium)
+// chat only:
+//   ADMIN_TOKEN   the kick endpoint's token
 //   SCREENSHOT    where to save a screenshot of the chat page
+// node-kill only:
+//   NODE_ADDRS    the two nodes' host:port, comma-separated
 import { chromium } from 'playwright-core';
 
 const env = (name) => {
@@ -12,10 +17,9 @@ const env = (name) => {
   if (!v) throw new Error(`${name} is not set; run this through go test (webapi-example/e2e_test.go)`);
   return v;
 };
+const SCENARIO = env('SCENARIO');
 const BASE_URL = env('BASE_URL');
 const CONTROL_URL = env('CONTROL_URL');
-const ADMIN_TOKEN = env('ADMIN_TOKEN');
-const SCREENSHOT = env('SCREENSHOT');
 
 const started = Date.now();
 const step = (what) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${what}`);
@@ -25,6 +29,9 @@ const browser = await chromium.launch({
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
 });
 const pageErrors = [];
+// What each page's sockets did, as the browser saw it: the URL of every
+// socket and the recovered frames each got.
+const sockets = new WeakMap();
 
 // newPage opens a page in a browser context of its own (its own cookies).
 // Console errors fail the test, except the ones a chat page causes on
@@ -42,6 +49,16 @@ async function newPage(name, { strict = false } = {}) {
   });
   const page = await context.newPage();
   page.setDefaultTimeout(15000);
+  const seen = { urls: [], recovered: [] };
+  sockets.set(page, seen);
+  page.on('websocket', (ws) => {
+    seen.urls.push(ws.url());
+    ws.on('framereceived', ({ payload }) => {
+      if (typeof payload !== 'string' || !payload.includes('"recovered"')) return;
+      const frame = JSON.parse(payload);
+      if (frame.type === 'recovered') seen.recovered.push({ url: ws.url(), frame });
+    });
+  });
   page.on('pageerror', (err) => pageErrors.push(`${name}: ${err.message}`));
   page.on('console', (msg) => {
     if (msg.type() === 'error' && (strict || !/Failed to load resource|WebSocket connection/.test(msg.text()))) {
@@ -73,8 +90,50 @@ async function say(page, text) {
 
 const seeMessage = (page, text) => page.waitForSelector(`#message-list .msg .text:text-is("${text}")`);
 const connects = (page) => page.evaluate(() => Number(document.body.dataset.connects || 0));
+const lives = (page) => page.evaluate(() => Number(document.body.dataset.live || 0));
 
+// shows waits until the open conversation of a page shows exactly these
+// texts, in this order, and says what it showed if it never does.
+async function shows(page, name, want, timeout = 15000) {
+  try {
+    await page.waitForFunction(
+      (want) => {
+        const got = [...document.querySelectorAll('#message-list .msg .text')].map((e) => e.textContent);
+        return got.length === want.length && got.every((t, i) => t === want[i]);
+      },
+      want,
+      { timeout },
+    );
+  } catch (err) {
+    const got = await page.$$eval('#message-list .msg .text', (els) => els.map((e) => e.textContent));
+    const count = new Map();
+    for (const t of got) count.set(t, (count.get(t) ?? 0) + 1);
+    const twice = [...count].filter(([, n]) => n > 1).map(([t, n]) => `${t} x${n}`);
+    const missing = want.filter((t) => !count.has(t));
+    throw new Error(
+      `${name} shows ${got.length} messages, want ${want.length}; missing [${missing.join(', ')}], ` +
+        `more than once [${twice.join(', ')}]; shown: [${got.join(', ')}] (${err.message.split('\n')[0]})`,
+    );
+  }
+}
+
+const scenarios = { chat, 'node-kill': nodeKill };
+if (!scenarios[SCENARIO]) throw new Error(`unknown SCENARIO ${SCENARIO}`);
 try {
+  await scenarios[SCENARIO]();
+  if (pageErrors.length) throw new Error('errors in the pages:\n' + pageErrors.join('\n'));
+  step('all passed');
+} catch (err) {
+  // A wait that timed out often has its cause in a page's console.
+  if (pageErrors.length) console.error('errors in the pages so far:\n' + pageErrors.join('\n'));
+  throw err;
+} finally {
+  await browser.close();
+}
+
+async function chat() {
+  const ADMIN_TOKEN = env('ADMIN_TOKEN');
+  const SCREENSHOT = env('SCREENSHOT');
   step('a signed-out visit logs nothing, imports the client through the import map, has an icon');
   const visitor = await newPage('visitor', { strict: true });
   await visitor.goto(BASE_URL);
@@ -231,13 +290,182 @@ try {
   await bob.waitForTimeout(1500);
   if ((await connects(bob)) !== bobConnects) throw new Error('the kicked page reconnected');
   if ((await bob.getAttribute('#conn', 'data-state')) !== 'kicked') throw new Error('the kicked page left the kicked state');
+}
 
-  if (pageErrors.length) throw new Error('errors in the pages:\n' + pageErrors.join('\n'));
-  step('all passed');
-} catch (err) {
-  // A wait that timed out often has its cause in a page's console.
-  if (pageErrors.length) console.error('errors in the pages so far:\n' + pageErrors.join('\n'));
-  throw err;
-} finally {
-  await browser.close();
+// nodeKill: two nodes, alice and bob in the lobby with their sockets on
+// different nodes. Bob's page sends room messages and private messages to
+// alice through the web API, as fast as the API answers, while the node
+// holding alice's socket is killed with SIGKILL. Alice's page reconnects to
+// the survivor, resuming from its positions; every message must show
+// exactly once, in order, on both pages, with nothing reloaded.
+async function nodeKill() {
+  const nodeAddrs = env('NODE_ADDRS').split(',');
+  const sock = (page) => sockets.get(page);
+  const nodeOf = (page) => new URL(sock(page).urls.at(-1)).host;
+
+  step('alice signs in, and a user whose socket is on the other node');
+  const alice = await newPage('alice');
+  await signIn(alice, 'alice');
+  const victim = nodeOf(alice);
+  const survivor = nodeAddrs.find((a) => a !== victim);
+  if (!nodeAddrs.includes(victim) || !survivor) throw new Error(`alice is on ${victim}, nodes are ${nodeAddrs}`);
+  // Owners are spread by a hash of the user id, which is random: each new
+  // user is on the other node with probability 1/2.
+  let bob, bobNick;
+  for (let i = 0; i < 16 && !bob; i++) {
+    const nick = i === 0 ? 'bob' : `bob${i}`;
+    const page = await newPage(nick);
+    await signIn(page, nick);
+    if (nodeOf(page) === survivor) [bob, bobNick] = [page, nick];
+    else await page.context().close();
+  }
+  if (!bob) throw new Error(`16 new users in a row got ${victim}, the node of alice`);
+  step(`alice is on ${victim}, ${bobNick} on ${survivor}`);
+
+  for (const page of [alice, bob]) {
+    await page.click('#rooms li[data-room=lobby] button.join');
+    await page.waitForSelector('#conv-title:text-is("# lobby")');
+  }
+  await roomCount(alice, 'lobby', '2/2');
+  await say(alice, 'before the crash');
+  await seeMessage(bob, 'before the crash');
+
+  step(`${bobNick} sends room and private messages through the API, without pause`);
+  await bob.evaluate((to) => {
+    const burst = (window.burst = { sent: 0, dms: 0, stop: false, error: null });
+    const post = async (path, body) => {
+      const res = await fetch(path, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      if (!res.ok) throw new Error(`POST ${path}: ${res.status} ${await res.text()}`);
+    };
+    burst.done = (async () => {
+      try {
+        while (!burst.stop) {
+          const i = burst.sent + 1;
+          await post('/api/rooms/lobby/messages', { text: `burst ${i}` });
+          if (i % 3 === 0) {
+            await post('/api/messages', { to, text: `dm ${i}` });
+            burst.dms = i;
+          }
+          burst.sent = i;
+        }
+      } catch (err) {
+        burst.error = String(err);
+      }
+    })();
+  }, 'alice');
+  const burst = () => bob.evaluate(() => ({ sent: window.burst.sent, error: window.burst.error }));
+  const sentAtLeast = (n) => bob.waitForFunction((n) => window.burst.sent >= n || window.burst.error, n);
+  await sentAtLeast(10);
+
+  step(`kill -9 the node of alice (${victim}) while the messages go on`);
+  const [aliceConnects, aliceLives, bobConnects] = [await connects(alice), await lives(alice), await connects(bob)];
+  await control(`/kill-node?addr=${encodeURIComponent(victim)}`);
+  const killedAt = (await burst()).sent;
+  try {
+    await alice.waitForFunction((n) => Number(document.body.dataset.live) > n, aliceLives, { timeout: 30000 });
+  } catch (err) {
+    throw new Error(
+      `alice's page got no recovered frame on a new socket: ${await connects(alice) - aliceConnects} socket(s) opened since the kill, ` +
+        `state ${await alice.getAttribute('#conn', 'data-state')}, sockets ${JSON.stringify(sock(alice).urls)}, ` +
+        `recovered frames ${JSON.stringify(sock(alice).recovered)} (${err.message.split('\n')[0]})`,
+    );
+  }
+  const reconnectedAt = (await burst()).sent;
+  step(`alice is live again on ${nodeOf(alice)} after ${await connects(alice) - aliceConnects} socket(s); messages ${killedAt}-${reconnectedAt} were sent meanwhile`);
+  if (nodeOf(alice) !== survivor) throw new Error(`alice reconnected to ${nodeOf(alice)}, not to the survivor ${survivor}`);
+  await sentAtLeast(reconnectedAt + 10);
+  await bob.evaluate(async () => {
+    window.burst.stop = true;
+    await window.burst.done;
+  });
+  const { sent, error } = await burst();
+  if (error) throw new Error(`${bobNick}'s page failed to send: ${error}`);
+  await say(alice, 'after the crash');
+  step(`${sent} room messages sent; every one shows once, in order, on both pages`);
+  const bursts = Array.from({ length: sent }, (_, i) => `burst ${i + 1}`);
+  const want = ['before the crash', ...bursts, 'after the crash'];
+  for (const [page, name] of [[alice, 'alice'], [bob, bobNick]]) await shows(page, `${name}'s lobby`, want);
+
+  // The reconnect resumed from the page's positions, and the node replayed
+  // both streams: nothing had to be reloaded.
+  const resumed = sock(alice).recovered.filter((r) => r.frame.first).at(-1);
+  const pos = new URL(resumed.url).searchParams.getAll('pos');
+  if (!pos.some((p) => /^[A-Za-z0-9_-]+\.\d+$/.test(p)) || !pos.some((p) => p.endsWith('.room.lobby'))) {
+    throw new Error(`the reconnect URL carries pos ${JSON.stringify(pos)}, want the personal and the room.lobby positions`);
+  }
+  for (const channel of ['', 'room.lobby']) {
+    const st = resumed.frame.streams.find((s) => s.channel === channel);
+    if (!st?.recovered) throw new Error(`stream "${channel}" was not recovered: ${JSON.stringify(resumed.frame)}`);
+  }
+  if ((await connects(bob)) !== bobConnects) throw new Error(`${bobNick}'s page on the survivor reconnected too`);
+
+  step('the private messages: pushed once each to alice, once each on both sides');
+  const dms = bursts.filter((_, i) => (i + 1) % 3 === 0).map((t) => t.replace('burst', 'dm'));
+  await alice.waitForSelector(`#dms li[data-nick=${bobNick}] .badge:text-is("${dms.length}")`);
+  await alice.click(`#dms li[data-nick=${bobNick}] button`);
+  await shows(alice, `alice's conversation with ${bobNick}`, dms);
+  await bob.click('#dms li[data-nick=alice] button');
+  await shows(bob, `${bobNick}'s conversation with alice`, dms);
+
+  step('the killed node comes back and alice moves to it; her connect waits while the room history is lost');
+  for (const page of [alice, bob]) await page.click('#rooms li[data-room=lobby] button.open');
+  for (const [page, name] of [[alice, 'alice'], [bob, bobNick]]) await shows(page, `${name}'s lobby`, want);
+  // Alice's page asks for its URLs in vain until released: her socket
+  // stays down for as long as the test needs.
+  let release;
+  const held = new Promise((resolve) => (release = resolve));
+  let asked = 0;
+  await alice.route('**/api/connect', async (route) => {
+    asked++;
+    await held;
+    await route.continue();
+  });
+  const livesBefore = await lives(alice);
+  await control(`/start-node?addr=${encodeURIComponent(victim)}`);
+  // The owner of alice is her first node again: the survivor moves her (4002).
+  try {
+    await alice.waitForFunction(() => document.querySelector('#conn').dataset.state === 'connecting', null, { timeout: 30000 });
+  } catch (err) {
+    throw new Error(`alice's page was not moved off ${survivor} after ${victim} came back: sockets ${JSON.stringify(sock(alice).urls)} (${err.message.split('\n')[0]})`);
+  }
+  const gap = Array.from({ length: 8 }, (_, i) => `gap ${i + 1}`);
+  await postAll(bob, gap.slice(0, 5));
+  // The room's stream and its meta are gone, as after a Redis that restarted
+  // empty: the stream starts again in a new epoch, and what alice missed
+  // before cannot be replayed.
+  await control('/drop-history?channel=room.lobby');
+  await postAll(bob, gap.slice(5));
+  if (asked === 0) throw new Error("alice's page did not ask for a URL while its socket was down");
+  release();
+  await alice.unroute('**/api/connect');
+  await alice.waitForFunction((n) => Number(document.body.dataset.live) > n, livesBefore, { timeout: 30000 });
+  const again = sock(alice).recovered.filter((r) => r.frame.first).at(-1);
+  const lobby = again.frame.streams.find((st) => st.channel === 'room.lobby');
+  if (!lobby || lobby.recovered !== false) throw new Error(`room.lobby should not be recoverable: ${JSON.stringify(again.frame)}`);
+  step('the stream was not recovered: the page reloaded the room, and shows every message once');
+  const all = [...want, ...gap];
+  for (const [page, name] of [[alice, 'alice'], [bob, bobNick]]) await shows(page, `${name}'s lobby`, all);
+  await say(alice, 'in the new epoch');
+  await seeMessage(bob, 'in the new epoch');
+  for (const [page, name] of [[alice, 'alice'], [bob, bobNick]]) await shows(page, `${name}'s lobby`, [...all, 'in the new epoch']);
+}
+
+async function control(path) {
+  const res = await fetch(CONTROL_URL + path, { method: 'POST' });
+  if (!res.ok) throw new Error(`${path}: ${res.status} ${await res.text()}`);
+}
+
+// postAll sends room messages to the lobby from a page, one after another,
+// through the API as the page's composer does.
+function postAll(page, texts) {
+  return page.evaluate(async (texts) => {
+    for (const text of texts) {
+      const res = await fetch('/api/rooms/lobby/messages', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ text }),
+      });
+      if (!res.ok) throw new Error(`posting ${text}: ${res.status} ${await res.text()}`);
+    }
+  }, texts);
 }

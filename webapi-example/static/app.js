@@ -7,6 +7,7 @@ import { IMClient } from 'imclient';
 const $ = (sel) => document.querySelector(sel);
 const RECALL_WINDOW_MS = 2 * 60 * 1000;
 const PAGE = 30;
+const ROOM_CHANNEL = 'room.'; // a room's broker channel is "room.<name>" (store.go)
 
 const app = {
   me: null, // {id, nick}
@@ -20,10 +21,13 @@ const app = {
 
 // A conversation is a room ("room:<name>") or a private chat with one person
 // ("dm:<lower-case nick>"). items maps message id (the msgId of the room's or
-// the conversation's history) -> message.
+// the conversation's history) -> message: a message pushed, replayed and
+// loaded from the API is still one item. recalled keeps the ids of a room's
+// recalled messages, so that a history page read before the recall does
+// not bring one back.
 function conv(key, kind, name) {
   if (!app.convs.has(key)) {
-    app.convs.set(key, { key, kind, name, items: new Map(), more: false, loaded: false, unread: 0 });
+    app.convs.set(key, { key, kind, name, items: new Map(), recalled: new Set(), more: false, loaded: false, unread: 0 });
   }
   return app.convs.get(key);
 }
@@ -116,6 +120,9 @@ function startChat() {
     // A fresh one-time URL for every attempt; a 401 means the session is
     // gone, and retrying cannot help.
     getURL: async () => {
+      // The positions this attempt resumes from (the client appends them
+      // to the URL): a stream without one cannot have been replayed.
+      resumedFrom = client.positions;
       try {
         return (await api('POST', '/api/connect')).url;
       } catch (err) {
@@ -133,12 +140,21 @@ function startChat() {
     if (s.state === 'kicked') showKicked();
     if (s.state === 'closed' && s.error) showSignIn();
   });
-  // Frames sent while the socket was down are lost: reload what is shown.
-  // data-connects counts the sockets opened, for tests and curious people.
+  // Presence and room counts come in broadcasts, which have no history:
+  // what was sent while the socket was down is lost, so reload them on
+  // every open. Messages come in streams with history; the recovered frame
+  // says which of them need a reload (onRecovered).
+  // data-connects counts the sockets opened, data-live the sockets that
+  // got their first recovered frame, for tests and curious people.
   let opens = 0;
+  let lives = 0;
   client.on('open', () => {
     document.body.dataset.connects = String(++opens);
-    refresh();
+    refreshLists();
+  });
+  client.on('recovered', (f) => {
+    if (f.first) document.body.dataset.live = String(++lives);
+    onRecovered(f);
   });
   client.on('channel', onChannelFrame);
   client.on('message', onMessageFrame);
@@ -169,6 +185,46 @@ async function refresh() {
   }
 }
 
+// refreshLists reloads what has no history: the room list and its counts,
+// who is online, the list of private conversations and the open room's
+// members.
+async function refreshLists() {
+  try {
+    const c = app.convs.get(app.active);
+    await Promise.all([loadRooms(), loadOnline(), loadConversations(), c?.kind === 'room' ? loadMembers(c.name) : null]);
+  } catch (err) {
+    notice(err.message);
+  }
+}
+
+// ---- recovery ----
+
+// The positions the current socket resumed from (set in getURL).
+let resumedFrom = {};
+
+// onRecovered reloads the conversations whose stream may have missed
+// messages. On a socket's first recovered frame that is every stream that
+// was not replayed: one listed with recovered:false, one not listed (no
+// history, so at most once), and one the page had no position for before
+// this socket (the first socket of the page, or a room joined since whose
+// first message has not come yet), where the replay started at the URL's
+// issue rather than where the page stood. A later recovered frame (a gap
+// found mid-connection) names the streams to reload by recovered:false.
+function onRecovered(f) {
+  const streams = new Map((f.streams ?? []).map((s) => [s.channel, s]));
+  const missed = (channel) => {
+    const s = streams.get(channel);
+    if (!f.first) return s !== undefined && !s.recovered;
+    return !s?.recovered || !(channel in resumedFrom);
+  };
+  const reloads = [];
+  if (missed('')) reloads.push(loadConversations(), ...[...app.convs.values()].filter((c) => c.kind === 'dm' && c.loaded).map(loadLatest));
+  for (const c of app.convs.values()) {
+    if (c.kind === 'room' && (c.loaded || app.active === c.key) && missed(ROOM_CHANNEL + c.name)) reloads.push(loadLatest(c));
+  }
+  Promise.all(reloads).catch((err) => notice(err.message));
+}
+
 // ---- frames ----
 
 function onChannelFrame(f) {
@@ -178,7 +234,7 @@ function onChannelFrame(f) {
   if (d.kind === 'chat') {
     addRoomMessage(roomConv(room), d);
   } else if (d.kind === 'recall') {
-    roomConv(room).items.delete(d.msgId);
+    forget(roomConv(room), d.msgId);
     render();
   } else if (d.kind === 'member') {
     // The counts come in a broadcast (onBroadcast); the room list is
@@ -251,9 +307,17 @@ function removeRoom(room) {
   render();
 }
 
-// closeRoom forgets a room's messages and closes it if it is open.
+// forget removes a recalled message for good.
+function forget(c, id) {
+  c.items.delete(id);
+  c.recalled.add(id);
+}
+
+// closeRoom forgets a room's messages and closes it if it is open. The
+// room's stream position goes too: a room joined again starts afresh.
 function closeRoom(room) {
   app.convs.delete('room:' + room);
+  app.client?.forgetChannel(ROOM_CHANNEL + room);
   if (app.active === 'room:' + room) {
     app.active = null;
     app.members = [];
@@ -287,7 +351,7 @@ function applyRoomCounts(counts) {
 const roomItem = (m) => ({ id: m.msgId, from: m.from, nick: m.nick, text: m.text, ts: m.ts, mine: m.from === app.me.id });
 
 function addRoomMessage(c, m) {
-  if (c.items.has(m.msgId)) return;
+  if (c.items.has(m.msgId) || c.recalled.has(m.msgId)) return;
   c.items.set(m.msgId, roomItem(m));
   bump(c);
 }
@@ -340,20 +404,23 @@ function addDirectPage(c, res) {
 }
 
 // loadLatest fetches the newest page and reconciles it with what is shown:
-// messages recalled while the socket was down disappear.
+// messages recalled while the socket was down disappear. Only items shown
+// before the request can be judged so: one pushed while it was under way
+// may be newer than the page.
 async function loadLatest(c) {
   if (c.kind === 'dm') {
     addDirectPage(c, await api('GET', `${dmHistoryPath(c.name)}?limit=${PAGE}`));
     render({ toBottom: true });
     return;
   }
+  const shown = [...c.items.keys()];
   const res = await api('GET', `/api/rooms/${c.name}/messages?limit=${PAGE}`);
   const ids = new Set(res.messages.map((m) => m.msgId));
   const oldest = res.messages[0]?.msgId ?? '';
-  for (const id of [...c.items.keys()]) {
+  for (const id of shown) {
     if (id >= oldest && !ids.has(id)) c.items.delete(id);
   }
-  for (const m of res.messages) c.items.set(m.msgId, roomItem(m));
+  for (const m of res.messages) if (!c.recalled.has(m.msgId)) c.items.set(m.msgId, roomItem(m));
   if (!c.loaded) c.more = res.more;
   c.loaded = true;
   render({ toBottom: true });
@@ -369,7 +436,7 @@ async function loadOlder() {
     const path = c.kind === 'room' ? `/api/rooms/${c.name}/messages` : dmHistoryPath(c.name);
     const res = await api('GET', `${path}?limit=${PAGE}&before=${oldest}`);
     if (c.kind === 'dm') addDirectPage(c, res);
-    else for (const m of res.messages) c.items.set(m.msgId, roomItem(m));
+    else for (const m of res.messages) if (!c.recalled.has(m.msgId)) c.items.set(m.msgId, roomItem(m));
     c.more = res.more;
     const box = $('#messages');
     const fromBottom = box.scrollHeight - box.scrollTop;
@@ -494,7 +561,7 @@ async function send() {
 async function recall(c, id) {
   try {
     await api('DELETE', `/api/rooms/${c.name}/messages/${id}`);
-    c.items.delete(id);
+    forget(c, id);
     render();
   } catch (err) {
     notice(err.message);
