@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -68,7 +69,7 @@ func newEnv(t *testing.T) *testEnv {
 	if err := e.node.WaitReady(rctx); err != nil {
 		t.Fatal(err)
 	}
-	im, err := imhelper.New(ctx, imhelper.Options{Redis: rc, Logger: log})
+	im, err := imhelper.New(ctx, imhelper.Options{Redis: rc, Logger: log, History: historyOptions()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,6 +186,29 @@ type frame struct {
 	Channel string          `json:"channel"`
 	Status  string          `json:"status"`
 	Data    json.RawMessage `json:"data"`
+	// The position of a message or channel frame of a stream with history.
+	Epoch  string `json:"epoch"`
+	Offset uint64 `json:"offset"`
+	// A recovered frame's.
+	First   bool          `json:"first"`
+	Streams []streamState `json:"streams"`
+}
+
+// streamState is one stream of a recovered frame.
+type streamState struct {
+	Channel   string `json:"channel"`
+	Epoch     string `json:"epoch"`
+	Offset    uint64 `json:"offset"`
+	Recovered bool   `json:"recovered"`
+}
+
+func (f frame) stream(channel string) (streamState, bool) {
+	for _, s := range f.Streams {
+		if s.Channel == channel {
+			return s, true
+		}
+	}
+	return streamState{}, false
 }
 
 func (f frame) data() map[string]any {
@@ -203,8 +227,18 @@ type socket struct {
 // connect does what the page does: asks the API for a URL and opens it.
 func (b *browser) connect() *socket {
 	b.e.t.Helper()
+	return b.resume()
+}
+
+// resume is connect with pos parameters appended to the URL, as imclient
+// appends the positions it kept ("E.N" personal, "E.N.<channel>").
+func (b *browser) resume(pos ...string) *socket {
+	b.e.t.Helper()
 	var res struct{ URL string }
 	b.mustDo("POST", "/api/connect", nil, http.StatusOK, &res)
+	for _, p := range pos {
+		res.URL += "&pos=" + url.QueryEscape(p)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	ws, _, err := websocket.Dial(ctx, res.URL, nil)
@@ -235,17 +269,19 @@ func (b *browser) connect() *socket {
 func (s *socket) next(what string, match func(frame) bool) frame {
 	s.t.Helper()
 	deadline := time.After(waitFor)
+	var skipped []string
 	for {
 		select {
 		case f, ok := <-s.frames:
 			if !ok {
-				s.t.Fatalf("socket closed while waiting for %s", what)
+				s.t.Fatalf("socket closed while waiting for %s (skipped %v)", what, skipped)
 			}
 			if match(f) {
 				return f
 			}
+			skipped = append(skipped, f.Type+" "+string(f.Data))
 		case <-deadline:
-			s.t.Fatalf("timed out waiting for %s", what)
+			s.t.Fatalf("timed out waiting for %s (skipped %v)", what, skipped)
 		}
 	}
 }

@@ -92,7 +92,7 @@ func startSystem(ctx context.Context, cfg config, log *slog.Logger) (sys *system
 		}
 	}
 
-	if sys.im, err = imhelper.New(ctx, imhelper.Options{Redis: sys.rc, Logger: log}); err != nil {
+	if sys.im, err = imhelper.New(ctx, imhelper.Options{Redis: sys.rc, Logger: log, History: historyOptions()}); err != nil {
 		return sys, fmt.Errorf("failed to start imhelper: %w", err)
 	}
 	adminToken := cfg.AdminToken
@@ -124,6 +124,22 @@ func startSystem(ctx context.Context, cfg config, log *slog.Logger) (sys *system
 	log.Info("webapi-example started", "url", sys.URL(), "embedded", sys.embedded != nil)
 	return sys, nil
 }
+
+// historyOptions turns on the broker's history for the rooms' channels, so
+// that a page that reconnects (a node restart, a move, a crash, a network
+// drop) gets the room messages it missed replayed rather than reloading
+// the room. Private messages keep the default personal history (100
+// messages for 2 minutes). A gap larger than this makes the page reload.
+func historyOptions() *imhelper.HistoryOptions {
+	return &imhelper.HistoryOptions{
+		Channels: []imhelper.HistoryRule{{Prefix: chanPrefix, Size: roomReplaySize, TTL: roomReplayTTL}},
+	}
+}
+
+const (
+	roomReplaySize = 200
+	roomReplayTTL  = 5 * time.Minute
+)
 
 // URL is the address to open in a browser.
 func (s *system) URL() string {

@@ -414,11 +414,9 @@ async function nodeKill() {
   // stays down for as long as the test needs.
   let release;
   const held = new Promise((resolve) => (release = resolve));
-  let asked = 0;
-  await alice.route('**/api/connect', async (route) => {
-    asked++;
-    await held;
-    await route.continue();
+  const asked = []; // each held request, done once passed on
+  await alice.route('**/api/connect', (route) => {
+    asked.push(held.then(() => route.continue()));
   });
   const livesBefore = await lives(alice);
   await control(`/start-node?addr=${encodeURIComponent(victim)}`);
@@ -435,8 +433,9 @@ async function nodeKill() {
   // before cannot be replayed.
   await control('/drop-history?channel=room.lobby');
   await postAll(bob, gap.slice(5));
-  if (asked === 0) throw new Error("alice's page did not ask for a URL while its socket was down");
+  if (asked.length === 0) throw new Error("alice's page did not ask for a URL while its socket was down");
   release();
+  await Promise.all(asked);
   await alice.unroute('**/api/connect');
   await alice.waitForFunction((n) => Number(document.body.dataset.live) > n, livesBefore, { timeout: 30000 });
   const again = sock(alice).recovered.filter((r) => r.frame.first).at(-1);
