@@ -10,8 +10,9 @@ import (
 // forward.go: while clients move between nodes, a direct message can reach
 // the node that now owns a client before the client does (or, from a
 // business service with an older view, the node it just left). For a
-// while after this node's view of the fleet changed, a receiver the node
-// does not hold is looked up in Redis and the message passed to the node
+// while after this node's view of the fleet changed, and whenever its view
+// names another node as the receiver's owner (the sender's view and ours
+// disagree), a receiver the node does not hold is looked up in Redis and the message passed to the node
 // that holds it, as a deliver message, which is never forwarded again. So
 // a moved client gets its messages within a hop, not only when it
 // reconnects and resumes from history (which still covers anything the

@@ -66,7 +66,11 @@ func (s *Server) handleNodeMsg(payload []byte) {
 		for i, to := range h.To {
 			p, pf := positioned(f, h.Pos, i)
 			ok := s.hub.sendClient(to, p, pf)
-			if !ok && fwd {
+			// Forward while the fleet changes, and whenever our view says
+			// another node owns the receiver (the sender's view and ours
+			// disagree: something is moving, and we may be the one that
+			// has not seen it yet).
+			if !ok && (fwd || wire.Owner(to, s.liveNodes()) != s.cfg.NodeID) {
 				missing = append(missing, forward{to: to, pos: p.String(), frame: frames[0]})
 			}
 			if h.Receipt != "" {
