@@ -307,6 +307,13 @@ func (s *Server) applyFills(c *conn, reqs []fillRequest, reads []store.HistoryRe
 		}
 		state.Pos = h.Top
 		switch {
+		case h.Top.Epoch != from.Epoch && h.Top.Offset > 0:
+			// The stream's history began again (Redis lost it): what the
+			// new epoch holds is replayed by a fill from its start, which
+			// also reports recovered:false; the socket stands before it.
+			st.set(r.ch, wire.Position{Epoch: h.Top.Epoch})
+			st.fills = append(st.fills, fillRequest{ch: r.ch, from: wire.Position{Epoch: h.Top.Epoch}, lost: true})
+			continue
 		case h.Top.Epoch != from.Epoch || from.Offset > h.Top.Offset:
 		case from.Offset == h.Top.Offset:
 			state.Recovered = !r.lost
