@@ -311,8 +311,12 @@ func (s *Server) applyFills(c *conn, reqs []fillRequest, reads []store.HistoryRe
 			// The stream's history began again (Redis lost it): what the
 			// new epoch holds is replayed by a fill from its start, which
 			// also reports recovered:false; the socket stands before it.
-			st.set(r.ch, wire.Position{Epoch: h.Top.Epoch})
-			st.fills = append(st.fills, fillRequest{ch: r.ch, from: wire.Position{Epoch: h.Top.Epoch}, lost: true})
+			start := wire.Position{Epoch: h.Top.Epoch}
+			st.set(r.ch, start)
+			st.fills = append(st.fills, fillRequest{ch: r.ch, from: start, lost: true})
+			state.Pos = start // the replay follows this frame
+			s.metrics.recoveries.WithLabelValues("lost").Inc()
+			out = append(out, state)
 			continue
 		case h.Top.Epoch != from.Epoch || from.Offset > h.Top.Offset:
 		case from.Offset == h.Top.Offset:
