@@ -236,8 +236,14 @@ func TestRedisKilled(t *testing.T) {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("rk-%d", i)
 	}
+	// Each round keeps a copy for each of the 3,000 receivers while the
+	// nodes fill every socket after their resubscribe: on a loaded box that
+	// takes longer than the default call timeout, and the test is about
+	// delivery, not latency.
+	sendCtx, cancelSend := context.WithTimeout(bg, time.Minute)
+	defer cancelSend()
 	for i := 0; i < 3; i++ {
-		if _, err := c.helper.SendMessage(bg, "post", ids, fmt.Sprintf(`{"round":%d}`, i)); err != nil {
+		if _, err := c.helper.SendMessage(sendCtx, "post", ids, fmt.Sprintf(`{"round":%d}`, i)); err != nil {
 			t.Fatal(err)
 		}
 	}
