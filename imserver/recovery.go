@@ -135,18 +135,22 @@ func (st *socketStreams) holdLocked(c *conn, h heldFrame) bool {
 // admitLocked writes a frame in stream order: a frame of a stream the
 // socket has no position in sets it; one at or before the position is a
 // duplicate; the next one goes out; one further on, or of another epoch,
-// is held and starts a fill from the position. A frame held through a fill
-// (released) whose epoch still differs is taken as it is: the fill found
-// the stream's history moved on again and said recovered:false for it.
-func (c *conn) admitLocked(h heldFrame, released bool) (ok, startFill bool) {
+// is held and starts a fill from the position. read reports that a fill
+// has just read the frame's stream and left the socket in its current
+// epoch: a frame of another epoch is then one of a history Redis lost
+// (the socket was told recovered:false when it moved on). No replay holds
+// it, so it goes out, and the position stays in the current epoch.
+func (c *conn) admitLocked(h heldFrame, read bool) (ok, startFill bool) {
 	st := &c.hist
 	if h.p.IsZero() {
 		return c.enqueue(h.f), false
 	}
 	cur, known := st.get(h.ch)
 	switch {
-	case !known, h.p.Epoch != cur.Epoch && released:
+	case !known:
 		st.set(h.ch, h.p)
+		return c.enqueue(h.f), false
+	case h.p.Epoch != cur.Epoch && read:
 		return c.enqueue(h.f), false
 	case h.p.Epoch != cur.Epoch:
 		// The stream's history was lost and began again: replay what the
@@ -208,8 +212,12 @@ func (s *Server) runFills(c *conn) {
 
 		st.mu.Lock()
 		var states []wire.StreamState
+		read := make(map[string]bool, len(reqs))
 		if len(reqs) > 0 {
 			states = s.applyFills(c, reqs, reads, err)
+			for _, r := range reqs {
+				read[r.ch] = err == nil
+			}
 		}
 		switch {
 		case !st.sentFirst:
@@ -230,7 +238,7 @@ func (s *Server) runFills(c *conn) {
 					}
 					break
 				}
-				c.admitLocked(h, true)
+				c.admitLocked(h, read[h.ch])
 			}
 		}
 		if len(st.fills) == 0 {
@@ -301,26 +309,33 @@ func (s *Server) applyFills(c *conn, reqs []fillRequest, reads []store.HistoryRe
 			continue
 		}
 		h := reads[i]
-		from := r.from
-		if cur, ok := st.get(r.ch); ok && cur.Epoch == from.Epoch && cur.Offset > from.Offset {
-			from = cur // already delivered further than asked
+		from, lost := r.from, r.lost
+		if cur, ok := st.get(r.ch); ok && cur.Epoch == h.Top.Epoch {
+			// The socket stands in the stream's current epoch already: it
+			// was told of any earlier loss when it got there, and it holds
+			// everything up to cur. A request from another epoch or from
+			// before cur is stale (queued before the socket moved on).
+			if from.Epoch != cur.Epoch || cur.Offset > from.Offset {
+				from = cur
+			}
+			lost = false
 		}
 		state.Pos = h.Top
 		switch {
 		case h.Top.Epoch != from.Epoch && h.Top.Offset > 0:
-			// The stream's history began again (Redis lost it): what the
-			// new epoch holds is replayed by a fill from its start, which
-			// also reports recovered:false; the socket stands before it.
+			// The stream's history began again (Redis lost it): the socket
+			// is told recovered:false and stands at the new epoch's start;
+			// a fill from there replays what the new epoch holds.
 			start := wire.Position{Epoch: h.Top.Epoch}
 			st.set(r.ch, start)
-			st.fills = append(st.fills, fillRequest{ch: r.ch, from: start, lost: true})
+			st.fills = append(st.fills, fillRequest{ch: r.ch, from: start})
 			state.Pos = start // the replay follows this frame
 			s.metrics.recoveries.WithLabelValues("lost").Inc()
 			out = append(out, state)
 			continue
 		case h.Top.Epoch != from.Epoch || from.Offset > h.Top.Offset:
 		case from.Offset == h.Top.Offset:
-			state.Recovered = !r.lost
+			state.Recovered = !lost
 		case contiguous(h, from.Offset):
 			for _, e := range h.Entries {
 				if e.Offset <= from.Offset {
@@ -330,7 +345,12 @@ func (s *Server) applyFills(c *conn, reqs []fillRequest, reads []store.HistoryRe
 				c.enqueue(outFrame{b: wire.AppendPosition(e.Frame, p), ts: wire.FrameTS(e.Frame)})
 				s.metrics.replayed.Inc()
 			}
-			state.Recovered = !r.lost
+			state.Recovered = !lost
+		case from != r.from:
+			// The read began elsewhere than where the socket stands (a
+			// stale request): read again from there before judging.
+			st.fills = append(st.fills, fillRequest{ch: r.ch, from: from})
+			continue
 		}
 		st.set(r.ch, h.Top)
 		if state.Recovered {
@@ -344,18 +364,20 @@ func (s *Server) applyFills(c *conn, reqs []fillRequest, reads []store.HistoryRe
 }
 
 // contiguous reports that h holds every message after offset up to its
-// top, none of them expired.
+// top, none of them expired. The read may start before offset (the socket
+// got further while it ran); those entries are skipped.
 func contiguous(h store.HistoryRead, after uint64) bool {
-	want := h.Top.Offset - after
-	if uint64(len(h.Entries)) != want {
-		return false
-	}
-	for i, e := range h.Entries {
-		if e.Offset != after+1+uint64(i) || e.Expires < h.Now || len(e.Frame) == 0 || e.Frame[0] != '{' {
+	next := after + 1
+	for _, e := range h.Entries {
+		if e.Offset < next {
+			continue
+		}
+		if e.Offset != next || e.Expires < h.Now || len(e.Frame) == 0 || e.Frame[0] != '{' {
 			return false
 		}
+		next++
 	}
-	return true
+	return next == h.Top.Offset+1
 }
 
 func anyLost(states []wire.StreamState) bool {
