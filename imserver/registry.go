@@ -155,7 +155,7 @@ func (s *Server) refreshNodes(ctx context.Context) {
 func (s *Server) claimReap(ctx context.Context, node string) bool {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 	defer cancel()
-	ok, err := s.st.ClaimReap(ctx, node, s.cfg.NodeID, time.Minute)
+	ok, err := s.st.ClaimReap(ctx, node, s.cfg.NodeID, time.Minute+max(s.cfg.OfflineGrace, 0))
 	if err != nil {
 		s.metrics.redisErrs.Inc()
 	}
@@ -164,8 +164,19 @@ func (s *Server) claimReap(ctx context.Context, node string) bool {
 
 // reap cleans the presence of a dead node (or of this node's previous run):
 // every client listed for it goes offline with reason node_lost, unless it
-// is by now online elsewhere.
+// is by now online elsewhere. A dead node's clients first get the offline
+// grace, as any client whose socket closed does: one that reconnects to a
+// survivor within it keeps its rooms and produces no offline/online pair.
 func (s *Server) reap(node string) {
+	if node != s.cfg.NodeID && s.cfg.OfflineGrace > 0 {
+		t := time.NewTimer(s.cfg.OfflineGrace)
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			t.Stop()
+			return // the claim lapses; another survivor reaps
+		}
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
 	defer cancel()
 	count := 0
