@@ -194,6 +194,12 @@ type connResult struct {
 // contiguous ranges over the load processes, each with its own source
 // addresses.
 func (e *env) connectAll(ctx context.Context, count, dialers int, prefetch bool) (connResult, error) {
+	return e.connectClients(ctx, count, dialers, prefetch, false)
+}
+
+// connectClients is connectAll; with resume each client presents the
+// position it had when its socket was dropped.
+func (e *env) connectClients(ctx context.Context, count, dialers int, prefetch, resume bool) (connResult, error) {
 	r := connResult{errors: map[string]int{}, hist: Counts{}}
 	if err := e.ensureWorkers(count); err != nil {
 		return r, err
@@ -217,7 +223,7 @@ func (e *env) connectAll(ctx context.Context, count, dialers int, prefetch bool)
 			locals = append(locals, fmt.Sprintf("127.0.%d.%d", 1+(i*e.o.locals+j)/250, 2+(i*e.o.locals+j)%250))
 		}
 		req := workerReq{Op: "connect", RedisURL: e.redisURL, First: first, Count: n,
-			Dialers: max(1, dialers/nw), Local: locals, Prefetch: prefetch, Deadline: dl.UnixNano(), History: e.o.history}
+			Dialers: max(1, dialers/nw), Local: locals, Prefetch: prefetch, Deadline: dl.UnixNano(), History: e.o.history, Resume: resume}
 		first += n
 		wg.Add(1)
 		go func() {

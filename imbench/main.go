@@ -8,6 +8,7 @@
 //	go run ./imbench -scenario fanout -members 10000 -rates 1,10,20,30
 //	go run ./imbench -scenario p2p -conns 10000 -rates 10000,50000,100000
 //	go run ./imbench -scenario burst -conns 10000
+//	go run ./imbench -scenario storm -conns 10000 -missed 10
 //
 // docs/benchmarks.md lists the figures and the exact commands.
 package main
@@ -54,6 +55,7 @@ type options struct {
 	plot       string
 	plotData   string
 	history    string
+	missed     int
 }
 
 func main() {
@@ -75,7 +77,7 @@ func main() {
 	}
 	var o options
 	fs := flag.NewFlagSet("imbench", flag.ExitOnError)
-	fs.StringVar(&o.scenario, "scenario", "", "idle, connect, fanout, p2p or burst")
+	fs.StringVar(&o.scenario, "scenario", "", "idle, connect, fanout, p2p, burst or storm")
 	fs.IntVar(&o.nodes, "nodes", 1, "imserver nodes to start")
 	fs.IntVar(&o.conns, "conns", 2000, "connections (idle, connect, p2p, burst)")
 	fs.IntVar(&o.members, "members", 2000, "channel members (fanout)")
@@ -101,6 +103,7 @@ func main() {
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "CPU profile of imbench's own coordinator process")
 	fs.StringVar(&o.plot, "plot", "", "draw latency against rate from -plot-data JSON files into this PNG and exit")
 	fs.StringVar(&o.plotData, "plot-data", "", "comma-separated JSON files written by -json")
+	fs.IntVar(&o.missed, "missed", 10, "storm: messages each client misses while away")
 	fs.StringVar(&o.history, "history", "client", "imhelper history of the load: off, client (imhelper's default: personal 100/2m), channel (the fan-out channel 100/2m, no personal) or both")
 	_ = fs.Parse(os.Args[1:])
 	if _, err := historyOptions(o.history); err != nil {
@@ -186,8 +189,10 @@ func run(ctx context.Context, o options) (*Table, []plotRow, error) {
 		return e.fanout(ctx)
 	case "p2p":
 		return e.p2p(ctx)
+	case "storm":
+		return e.storm(ctx)
 	default:
-		return nil, nil, fmt.Errorf("unknown -scenario %q (idle, connect, fanout, p2p, burst)", o.scenario)
+		return nil, nil, fmt.Errorf("unknown -scenario %q (idle, connect, fanout, p2p, burst, storm)", o.scenario)
 	}
 }
 

@@ -490,3 +490,99 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 	e.note(t, load0)
 	return t, rows, nil
 }
+
+// storm: C clients connect, their sockets drop, each is sent -missed
+// messages while away, then all reconnect at once presenting their last
+// positions. It reports the time until every client has been replayed
+// what it missed and told it is live, and the CPU of Redis and the nodes
+// over the reconnect.
+func (e *env) storm(ctx context.Context) (*Table, []plotRow, error) {
+	load0 := loadavg()
+	C, missed := e.o.conns, e.o.missed
+	cr, err := e.connectAll(ctx, C, e.o.dialers, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cr.ok != C {
+		return nil, nil, fmt.Errorf("only %d of %d clients connected: %s", cr.ok, C, errSummary(cr.errors))
+	}
+	if _, _, err := e.waitOnline(ctx, int64(C), time.Minute); err != nil {
+		return nil, nil, err
+	}
+	if err := e.waitStats(ctx, func(s recvStats) bool { return s.recovered >= int64(C) }); err != nil {
+		return nil, nil, fmt.Errorf("first frames: %w", err)
+	}
+	for _, w := range e.workers {
+		if _, err := w.call(workerReq{Op: "drop"}); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := e.waitStats(ctx, func(s recvStats) bool { return s.alive == 0 }); err != nil {
+		return nil, nil, fmt.Errorf("drop: %w", err)
+	}
+	if err := e.arm("fanout", missed+16); err != nil { // per-socket duplicate check
+		return nil, nil, err
+	}
+	// While they are away: message j has sequence j; each send goes to a
+	// batch of clients (one append each).
+	const batch = 500
+	sendStart := time.Now()
+	var buf []byte
+	for j := 0; j < missed; j++ {
+		for first := 0; first < C; first += batch {
+			var to []string
+			for i := first; i < min(C, first+batch); i++ {
+				to = append(to, "c"+strconv.Itoa(i))
+			}
+			buf = appendPayload(buf[:0], 1, j, time.Now().UnixNano(), -1, e.o.payload)
+			if _, err := e.helper.SendMessage(ctx, "storm", to, buf); err != nil {
+				return nil, nil, fmt.Errorf("send while away: %w", err)
+			}
+		}
+	}
+	sendTook := time.Since(sendStart)
+	tot0, _ := e.commandStats(ctx)
+	m := newCPUMeter(e.allPIDs())
+	start := time.Now()
+	rc, err := e.connectClients(ctx, C, e.o.dialers, false, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	var s recvStats
+	werr := e.waitStats(ctx, func(st recvStats) bool { s = st; return st.recovered >= int64(rc.ok) })
+	all := time.Since(start)
+	cpu := e.cpu(m)
+	tot1, _ := e.commandStats(ctx)
+	t := &Table{Title: fmt.Sprintf("storm: %d clients reconnect at once, each missed %d messages", C, missed),
+		Cols: []string{"clients", "reconnected", "replayed", "recovered:false", "dups", "time to all recovered s", "connect p50 ms", "p99 ms", "node CPU %", "redis CPU %", "redis CPU s", "redis cmds/client"}}
+	st, _ := s.step(1)
+	redisSec := cpu.redis / 100 * all.Seconds()
+	t.Add(strconv.Itoa(C), strconv.Itoa(rc.ok), itoa(s.replayed), itoa(s.unrecov), itoa(st.Dups), f2(all.Seconds()),
+		ms(rc.hist.Quantile(0.5)), ms(rc.hist.Quantile(0.99)), f1(cpu.node), f1(cpu.redis), f2(redisSec), f2(float64(tot1-tot0)/float64(max(1, rc.ok))))
+	t.Notes = append(t.Notes,
+		fmt.Sprintf("the %d×%d messages were sent while every socket was closed (%s, batches of %d receivers per SendMessage)", C, missed, sendTook.Round(time.Millisecond), batch),
+		"time to all recovered: from the first reconnect (PrevConnectServer, then dial with pos=) until every socket got its first frame, which follows its replay; CPU over that time",
+		fmt.Sprintf("want replayed = %d and recovered:false = 0", C*missed))
+	if rc.failed > 0 {
+		t.Notes = append(t.Notes, "connect errors: "+errSummary(rc.errors))
+	}
+	e.note(t, load0)
+	return t, nil, werr
+}
+
+// waitStats polls the workers' statistics until done accepts them.
+func (e *env) waitStats(ctx context.Context, done func(recvStats) bool) error {
+	for {
+		s, err := e.stats()
+		if err != nil {
+			return err
+		}
+		if done(s) {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -26,7 +26,7 @@ import (
 // its stdin and reads one JSON reply per line from its stdout.
 
 type workerReq struct {
-	Op string `json:"op"` // connect, arm, stats, close
+	Op string `json:"op"` // connect, arm, stats, drop, close
 
 	// connect
 	RedisURL string   `json:"redis_url,omitempty"`
@@ -38,6 +38,7 @@ type workerReq struct {
 	Prefetch bool     `json:"prefetch,omitempty"` // fetch every URL before dialling
 	Deadline int64    `json:"deadline,omitempty"` // unix ns
 	History  string   `json:"history,omitempty"`  // -history mode of imhelper
+	Resume   bool     `json:"resume,omitempty"`   // present each client's last position (pos=)
 
 	// arm
 	Mode   string `json:"mode,omitempty"` // fanout or p2p
@@ -82,7 +83,8 @@ type wconn struct {
 	idx int
 	ws  *websocket.Conn
 
-	live atomic.Bool // the socket's first recovered frame arrived
+	live atomic.Bool            // the socket's first recovered frame arrived
+	pos  atomic.Pointer[string] // the personal stream's position ("E.N") its first frame reported
 
 	mu   sync.Mutex
 	bits []uint64 // fanout: sequence numbers received
@@ -95,6 +97,10 @@ type worker struct {
 	ctx   context.Context
 
 	helper *imhelper.Client
+	// positions of the clients whose sockets drop closed (by client
+	// index), presented by a connect with Resume
+	posMu     sync.Mutex
+	positions map[int]string
 
 	// receive state, replaced by arm
 	rs atomic.Pointer[recvState]
@@ -102,6 +108,7 @@ type worker struct {
 
 type recvState struct {
 	fanout    bool
+	maxSeq    int
 	p2pBits   []atomic.Uint64
 	uniq      [maxSteps]atomic.Int64
 	dups      [maxSteps]atomic.Int64
@@ -132,7 +139,7 @@ func runWorker() error {
 		case "connect":
 			resp, err = w.connect(req)
 		case "arm":
-			rs := &recvState{fanout: req.Mode == "fanout"}
+			rs := &recvState{fanout: req.Mode == "fanout", maxSeq: req.MaxSeq}
 			if !rs.fanout {
 				rs.p2pBits = make([]atomic.Uint64, req.MaxSeq/64+1)
 			} else {
@@ -147,6 +154,8 @@ func runWorker() error {
 			w.rs.Store(rs)
 		case "stats":
 			resp = w.stats()
+		case "drop":
+			w.drop()
 		case "close":
 			w.closeAll()
 			_ = out.Encode(workerResp{})
@@ -163,6 +172,26 @@ func runWorker() error {
 	}
 	w.closeAll()
 	return in.Err()
+}
+
+// drop closes every socket (a network drop), keeping each client's last
+// position for a connect with Resume.
+func (w *worker) drop() {
+	w.mu.Lock()
+	conns := w.conns
+	w.conns = nil
+	w.mu.Unlock()
+	w.posMu.Lock()
+	if w.positions == nil {
+		w.positions = make(map[int]string, len(conns))
+	}
+	for _, c := range conns {
+		if p := c.pos.Load(); p != nil {
+			w.positions[c.idx] = *p
+		}
+		_ = c.ws.CloseNow()
+	}
+	w.posMu.Unlock()
 }
 
 func (w *worker) closeAll() {
@@ -258,6 +287,13 @@ func (w *worker) connect(req workerReq) (workerResp, error) {
 	urls := make([]string, req.Count)
 	fetch := func(i int) error {
 		u, err := w.helper.PrevConnectServer(ctx, "c"+strconv.Itoa(req.First+i), "")
+		if req.Resume && err == nil {
+			w.posMu.Lock()
+			if p, ok := w.positions[req.First+i]; ok {
+				u += "&pos=" + p
+			}
+			w.posMu.Unlock()
+		}
 		urls[i] = u
 		return err
 	}
@@ -382,7 +418,11 @@ func (w *worker) read(c *wconn) {
 		if isRecovered(buf) {
 			// The "you are live" frame (and later gap reports): neither a
 			// message nor a latency sample.
-			c.live.Store(true)
+			if !c.live.Swap(true) {
+				if p := firstPosition(buf); p != "" {
+					c.pos.Store(&p)
+				}
+			}
 			rs.recovered.Add(1)
 			rs.unrecov.Add(int64(bytes.Count(buf, recoveredFalse)))
 			continue
@@ -404,6 +444,9 @@ func (w *worker) read(c *wconn) {
 		var dup bool
 		if rs.fanout {
 			c.mu.Lock()
+			if c.bits == nil { // a socket opened after arm
+				c.bits = make([]uint64, rs.maxSeq/64+1)
+			}
 			wi := m.seq / 64
 			if wi >= len(c.bits) {
 				c.mu.Unlock()
@@ -439,4 +482,25 @@ func (w *worker) read(c *wconn) {
 			}
 		}
 	}
+}
+
+// firstPosition is the personal stream's position in a recovered frame,
+// "" if it lists none.
+func firstPosition(f []byte) string {
+	var r struct {
+		Streams []struct {
+			Channel string `json:"channel"`
+			Epoch   string `json:"epoch"`
+			Offset  uint64 `json:"offset"`
+		} `json:"streams"`
+	}
+	if json.Unmarshal(f, &r) != nil {
+		return ""
+	}
+	for _, s := range r.Streams {
+		if s.Channel == "" && s.Epoch != "" {
+			return s.Epoch + "." + strconv.FormatUint(s.Offset, 10)
+		}
+	}
+	return ""
 }
