@@ -25,9 +25,14 @@ func TestNodeInfos(t *testing.T) {
 	const leaseTTL = 5 * time.Second
 	srv := testnode.Start(t, imserver.Config{NodeID: "node-a", RedisURL: r.URL(),
 		LeaseTTL: leaseTTL, ProbeInterval: 500 * time.Millisecond})
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := srv.WaitReady(wctx); err != nil {
+	// Each wait gets its own bound (for a broken build, not a margin): one
+	// context for all of them ran out on a loaded machine.
+	wait := func() context.Context {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		t.Cleanup(cancel)
+		return wctx
+	}
+	if err := srv.WaitReady(wait()); err != nil {
 		t.Fatal(err)
 	}
 
@@ -64,7 +69,7 @@ func TestNodeInfos(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		conn, _, err := websocket.Dial(wctx, u, nil)
+		conn, _, err := websocket.Dial(wait(), u, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -75,7 +80,7 @@ func TestNodeInfos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, _, err := websocket.Dial(wctx, u, nil)
+	again, _, err := websocket.Dial(wait(), u, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
