@@ -194,7 +194,11 @@ const attachTimeout = 30 * time.Second
 // tryConnect is connect for goroutines other than the test's own, where
 // t.Fatal must not be called: it returns the error instead.
 func (c *cluster) tryConnect(id, meta string) (*wsClient, error) {
-	u, err := c.helper.PrevConnectServer(context.Background(), id, meta)
+	// The same bound for the URL: on a loaded machine a Redis shared with
+	// three race-enabled nodes has taken more than imhelper's default 5 s.
+	ctx, cancel := context.WithTimeout(context.Background(), attachTimeout)
+	defer cancel()
+	u, err := c.helper.PrevConnectServer(ctx, id, meta)
 	if err != nil {
 		return nil, fmt.Errorf("PrevConnectServer(%s): %w", id, err)
 	}
