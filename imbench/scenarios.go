@@ -304,14 +304,7 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 	if err, _ := joinErr.Load().(error); err != nil {
 		return nil, nil, fmt.Errorf("join: %w", err)
 	}
-	cr, err := e.connectAll(ctx, M, e.o.dialers, true)
-	if err != nil {
-		return nil, nil, err
-	}
-	if cr.ok != M {
-		return nil, nil, fmt.Errorf("only %d of %d members connected: %s", cr.ok, M, errSummary(cr.errors))
-	}
-	if _, _, err := e.waitOnline(ctx, int64(M), time.Minute); err != nil {
+	if err := e.connectOnline(ctx, M, "members"); err != nil {
 		return nil, nil, err
 	}
 	// Wait until every owning node subscribed to the channel's topic.
@@ -406,14 +399,7 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 		return nil, nil, err
 	}
 	C := e.o.conns
-	cr, err := e.connectAll(ctx, C, e.o.dialers, true)
-	if err != nil {
-		return nil, nil, err
-	}
-	if cr.ok != C {
-		return nil, nil, fmt.Errorf("only %d of %d clients connected: %s", cr.ok, C, errSummary(cr.errors))
-	}
-	if _, _, err := e.waitOnline(ctx, int64(C), time.Minute); err != nil {
+	if err := e.connectOnline(ctx, C, "clients"); err != nil {
 		return nil, nil, err
 	}
 	maxSeq := 16
@@ -499,18 +485,8 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 func (e *env) storm(ctx context.Context) (*Table, []plotRow, error) {
 	load0 := loadavg()
 	C, missed := e.o.conns, e.o.missed
-	cr, err := e.connectAll(ctx, C, e.o.dialers, true)
-	if err != nil {
+	if err := e.connectOnline(ctx, C, "clients"); err != nil {
 		return nil, nil, err
-	}
-	if cr.ok != C {
-		return nil, nil, fmt.Errorf("only %d of %d clients connected: %s", cr.ok, C, errSummary(cr.errors))
-	}
-	if _, _, err := e.waitOnline(ctx, int64(C), time.Minute); err != nil {
-		return nil, nil, err
-	}
-	if err := e.waitStats(ctx, func(s recvStats) bool { return s.recovered >= int64(C) }); err != nil {
-		return nil, nil, fmt.Errorf("first frames: %w", err)
 	}
 	for _, w := range e.workers {
 		if _, err := w.call(workerReq{Op: "drop"}); err != nil {
@@ -585,4 +561,23 @@ func (e *env) waitStats(ctx context.Context, done func(recvStats) bool) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// connectOnline connects clients c0 … c<n-1> (URLs fetched first) and
+// waits until Redis lists all of them online and each socket got its first
+// frame (it is attached and caught up: with history, the node has read
+// what its token recorded; a step started before that measured the tail
+// of the connect); what names them in errors.
+func (e *env) connectOnline(ctx context.Context, n int, what string) error {
+	cr, err := e.connectAll(ctx, n, e.o.dialers, true)
+	if err != nil {
+		return err
+	}
+	if cr.ok != n {
+		return fmt.Errorf("only %d of %d %s connected: %s", cr.ok, n, what, errSummary(cr.errors))
+	}
+	if _, _, err = e.waitOnline(ctx, int64(n), time.Minute); err != nil {
+		return err
+	}
+	return e.waitStats(ctx, func(s recvStats) bool { return s.recovered >= int64(n) })
 }

@@ -645,63 +645,95 @@ func keptEverything(t testing.TB, im *imhelper.Client, events *eventLog, ids []s
 	}
 }
 
+// faultRun is a fault test's cluster: node processes, an imhelper that
+// keeps every stream (deliveryHistory), an event log read from the start,
+// n resumers in "room" and traffic to them every 20 ms, already flowing.
+type faultRun struct {
+	c      *cluster
+	procs  []*nodeProc
+	im     *imhelper.Client
+	events *eventLog
+	rs     []*resumer
+	ids    []string
+	tr     *traffic
+}
+
+func startFaultRun(t *testing.T, nodes []string, flags []string, n int) *faultRun {
+	t.Helper()
+	f := &faultRun{c: startProcCluster(t)}
+	for _, id := range nodes {
+		f.procs = append(f.procs, f.c.startProc(id, flags...))
+	}
+	f.c.waitProcViews(f.procs...)
+	f.im = procHelper(t, f.c, deliveryHistory, nodes...)
+	f.events = f.c.consume("faults")
+	f.rs, f.ids = startResumers(t, f.im, nodes[0], n, "room")
+	f.tr = startTraffic(f.im, f.ids, "room", 20*time.Millisecond)
+	f.tr.waitRounds(t, 20)
+	return f
+}
+
+// waitAll waits until on holds for each of rs (what it says of one that
+// does not yet).
+func waitAll(t testing.TB, rs []*resumer, on func(*resumer) bool, what string) {
+	t.Helper()
+	checkFor(t, 60*time.Second, func() error {
+		for _, r := range rs {
+			if !on(r) {
+				return fmt.Errorf("%s %s", r.id, what)
+			}
+		}
+		return nil
+	})
+}
+
+// onNode reports that r's last socket is on p.
+func onNode(p *nodeProc) func(*resumer) bool {
+	return func(r *resumer) bool { return strings.HasPrefix(r.lastURL(), p.url) }
+}
+
 // A node joins under traffic: the clients whose owner changed are moved
 // (4002) and resume on the new node. Every message reaches every client
 // once, in order; every moved client stays in its room and produces no
 // offline or online event. The added latency of moved clients is logged
 // (the target is p99 ≤ 1 s; docs/benchmarks.md).
 func TestDeliveryNodeJoins(t *testing.T) {
-	c := startProcCluster(t)
 	flags := []string{"-move-window", "2s", "-offline-grace", "10s"}
-	j1, j2 := c.startProc("dj1", flags...), c.startProc("dj2", flags...)
-	c.waitProcViews(j1, j2)
-	im := procHelper(t, c, deliveryHistory, "dj1", "dj2")
-	events := c.consume("moves")
-	rs, ids := startResumers(t, im, "dm", 300, "room")
-	tr := startTraffic(im, ids, "room", 20*time.Millisecond)
-	tr.waitRounds(t, 20)
-
+	f := startFaultRun(t, []string{"dj1", "dj2"}, flags, 300)
 	moveStart := time.Now()
-	j3 := c.startProc("dj3", flags...)
+	j3 := f.c.startProc("dj3", flags...)
 	checkFor(t, 10*time.Second, func() error {
-		if got := fmt.Sprint(im.Nodes()); got != "[dj1 dj2 dj3]" {
+		if got := fmt.Sprint(f.im.Nodes()); got != "[dj1 dj2 dj3]" {
 			return fmt.Errorf("imhelper sees %s", got)
 		}
 		return nil
 	})
 	var moved []*resumer
-	for _, r := range rs {
-		if im.Owner(r.id) == "dj3" {
+	for _, r := range f.rs {
+		if f.im.Owner(r.id) == "dj3" {
 			moved = append(moved, r)
 		}
 	}
-	if len(moved) < len(rs)/5 {
-		t.Fatalf("%d of %d clients moved; want about a third", len(moved), len(rs))
+	if len(moved) < len(f.rs)/5 {
+		t.Fatalf("%d of %d clients moved; want about a third", len(moved), len(f.rs))
 	}
-	checkFor(t, 60*time.Second, func() error {
-		for _, r := range moved {
-			if !strings.HasPrefix(r.lastURL(), j3.url) {
-				return fmt.Errorf("%s not yet on dj3", r.id)
-			}
-		}
-		return nil
-	})
+	waitAll(t, moved, onNode(j3), "not yet on dj3")
 	allMoved := time.Now()
-	tr.waitRounds(t, 20)
-	tr.finish(t, im, rs, "room")
-	for _, r := range rs {
-		if want := 0; !slices.Contains(moved, r) && r.reconnects() != want {
+	f.tr.waitRounds(t, 20)
+	f.tr.finish(t, f.im, f.rs, "room")
+	for _, r := range f.rs {
+		if !slices.Contains(moved, r) && r.reconnects() != 0 {
 			t.Errorf("%s reconnected %d times but its owner did not change", r.id, r.reconnects())
 		}
 	}
 	// The old owners end each moved client's grace without an event.
 	checkFor(t, 30*time.Second, func() error {
-		if k := graceEnds(t, "expired", j1, j2) + graceEnds(t, "back", j1, j2); k < float64(len(moved)) {
+		if k := graceEnds(t, "expired", f.procs...) + graceEnds(t, "back", f.procs...); k < float64(len(moved)) {
 			return fmt.Errorf("%v of %d graces ended", k, len(moved))
 		}
 		return nil
 	})
-	keptEverything(t, im, events, ids, "room")
+	keptEverything(t, f.im, f.events, f.ids, "room")
 	d := latencies(moved, moveStart, allMoved)
 	t.Logf("%d moved clients, all on dj3 %v after dj3 started; latency of the %d messages they got meanwhile: p50 %v, p99 %v, max %v",
 		len(moved), allMoved.Sub(moveStart).Round(time.Millisecond), len(d), quantile(d, 0.5), quantile(d, 0.99), quantile(d, 1))
@@ -711,74 +743,45 @@ func TestDeliveryNodeJoins(t *testing.T) {
 // on the survivor with everything, stay in their room and produce no
 // events.
 func TestDeliveryDrain(t *testing.T) {
-	c := startProcCluster(t)
-	flags := []string{"-offline-grace", "10s", "-drain-timeout", "20s"}
-	d1, d2 := c.startProc("dd1", flags...), c.startProc("dd2", flags...)
-	c.waitProcViews(d1, d2)
-	im := procHelper(t, c, deliveryHistory, "dd1", "dd2")
-	events := c.consume("drain")
-	rs, ids := startResumers(t, im, "dr", 200, "room")
-	tr := startTraffic(im, ids, "room", 20*time.Millisecond)
-	tr.waitRounds(t, 20)
-	d1.signal(syscall.SIGTERM)
-	d1.waitExit(t, 30*time.Second)
-	checkFor(t, 60*time.Second, func() error {
-		for _, r := range rs {
-			if !strings.HasPrefix(r.lastURL(), d2.url) {
-				return fmt.Errorf("%s not yet on dd2", r.id)
-			}
-		}
-		return nil
-	})
-	tr.waitRounds(t, 20)
-	tr.finish(t, im, rs, "room")
-	keptEverything(t, im, events, ids, "room")
+	f := startFaultRun(t, []string{"dd1", "dd2"}, []string{"-offline-grace", "10s", "-drain-timeout", "20s"}, 200)
+	f.procs[0].signal(syscall.SIGTERM)
+	f.procs[0].waitExit(t, 30*time.Second)
+	waitAll(t, f.rs, onNode(f.procs[1]), "not yet on dd2")
+	f.tr.waitRounds(t, 20)
+	f.tr.finish(t, f.im, f.rs, "room")
+	keptEverything(t, f.im, f.events, f.ids, "room")
 }
 
 // kill -9 of a node under traffic: its clients resume on the survivors
 // once imhelper stops routing to it, with everything sent meanwhile; the
 // reap waits the grace, so they stay in their room and produce no events.
 func TestDeliveryNodeKilled(t *testing.T) {
-	c := startProcCluster(t)
-	flags := []string{"-offline-grace", "10s", "-lease-ttl", "2s"}
-	procs := []*nodeProc{c.startProc("dk1", flags...), c.startProc("dk2", flags...), c.startProc("dk3", flags...)}
-	c.waitProcViews(procs...)
-	im := procHelper(t, c, deliveryHistory, "dk1", "dk2", "dk3")
-	events := c.consume("kill")
-	rs, ids := startResumers(t, im, "dk", 150, "room")
-	tr := startTraffic(im, ids, "room", 20*time.Millisecond)
-	tr.waitRounds(t, 20)
+	f := startFaultRun(t, []string{"dk1", "dk2", "dk3"}, []string{"-offline-grace", "10s", "-lease-ttl", "2s"}, 150)
+	dead := f.procs[1]
 	var victims []*resumer
-	for _, r := range rs {
-		if strings.HasPrefix(r.lastURL(), procs[1].url) {
+	for _, r := range f.rs {
+		if onNode(dead)(r) {
 			victims = append(victims, r)
 		}
 	}
 	if len(victims) == 0 {
 		t.Fatal("no client on dk2")
 	}
-	if err := procs[1].cmd.Process.Kill(); err != nil {
+	if err := dead.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 60*time.Second, func() error {
-		for _, r := range victims {
-			if strings.HasPrefix(r.lastURL(), procs[1].url) {
-				return fmt.Errorf("%s not yet on a survivor", r.id)
-			}
-		}
-		return nil
-	})
-	tr.waitRounds(t, 20)
-	tr.finish(t, im, rs, "room")
+	waitAll(t, victims, func(r *resumer) bool { return !onNode(dead)(r) }, "not yet on a survivor")
+	f.tr.waitRounds(t, 20)
+	f.tr.finish(t, f.im, f.rs, "room")
 	// The survivor that reaps dk2 does so after the grace: by then every
 	// victim is online elsewhere.
 	checkFor(t, 30*time.Second, func() error {
-		if out, _ := c.redis.Exec("SISMEMBER", "im:nodes", "dk2"); strings.TrimSpace(out) != "0" {
+		if out, _ := f.c.redis.Exec("SISMEMBER", "im:nodes", "dk2"); strings.TrimSpace(out) != "0" {
 			return fmt.Errorf("dk2 not reaped yet")
 		}
 		return nil
 	})
-	keptEverything(t, im, events, ids, "room")
+	keptEverything(t, f.im, f.events, f.ids, "room")
 	t.Logf("%d clients of the killed node resumed on the survivors", len(victims))
 }
 
