@@ -446,30 +446,32 @@ func startTraffic(im *imhelper.Client, ids []string, room string, every time.Dur
 // room; it reports false after an error that fails the test.
 func (tr *traffic) round(im *imhelper.Client, ids []string, room string, k int) bool {
 	data := fmt.Sprintf(`{"k":%d}`, k)
-	// A send refused because no node listens at that moment (the only
-	// node's subscription is being re-established) was not accepted: it
-	// is not counted. Any other error fails the test.
 	_, err := im.SendMessage(bg, "s", ids, data)
-	switch {
-	case err == nil:
-		tr.personal = append(tr.personal, k)
-	case errors.Is(err, imhelper.ErrNoNodes):
-		tr.refused.Add(1)
-	default:
-		tr.err = fmt.Errorf("SendMessage %d: %w", k, err)
+	if !tr.accepted(err, &tr.personal, "SendMessage", k) {
 		return false
 	}
 	_, err = im.SendChanMessage(bg, "s", room, data)
-	switch {
-	case err == nil:
-		tr.channel = append(tr.channel, k)
-	case errors.Is(err, imhelper.ErrNoNodes):
-		tr.refused.Add(1)
-	default:
-		tr.err = fmt.Errorf("SendChanMessage %d: %w", k, err)
+	if !tr.accepted(err, &tr.channel, "SendChanMessage", k) {
 		return false
 	}
 	tr.sent.Add(1)
+	return true
+}
+
+// accepted records send k's outcome. A send refused because no node
+// listens at that moment (the only node's subscription is being
+// re-established) was not accepted: it is not counted. Any other error
+// fails the test (accepted reports false).
+func (tr *traffic) accepted(err error, sent *[]int, call string, k int) bool {
+	switch {
+	case err == nil:
+		*sent = append(*sent, k)
+	case errors.Is(err, imhelper.ErrNoNodes):
+		tr.refused.Add(1)
+	default:
+		tr.err = fmt.Errorf("%s %d: %w", call, k, err)
+		return false
+	}
 	return true
 }
 

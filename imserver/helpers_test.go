@@ -138,28 +138,9 @@ func (c *cluster) node(id string) *imserver.Server {
 }
 
 // frame is what a browser receives.
-type frame struct {
-	Type    string          `json:"type"`
-	ID      string          `json:"id"`
-	From    string          `json:"from"`
-	To      json.RawMessage `json:"to"`
-	Channel string          `json:"channel"`
-	TS      int64           `json:"ts"`
-	Data    json.RawMessage `json:"data"`
-	Status  string          `json:"status"`
-	// History: the frame's position, and a recovered frame's fields.
-	Epoch   string        `json:"epoch"`
-	Offset  uint64        `json:"offset"`
-	First   bool          `json:"first"`
-	Streams []streamState `json:"streams"`
-}
+type frame = testnode.Frame
 
-type streamState struct {
-	Channel   string `json:"channel"`
-	Epoch     string `json:"epoch"`
-	Offset    uint64 `json:"offset"`
-	Recovered bool   `json:"recovered"`
-}
+type streamState = testnode.StreamState
 
 // wsClient is a real WebSocket client that records every frame.
 type wsClient struct {

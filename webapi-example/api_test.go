@@ -144,12 +144,12 @@ func TestConnectAndOnlineList(t *testing.T) {
 
 	// The online list on a page follows the broker's events.
 	sb := b.connect()
-	f := sa.next("bob's presence", func(f frame) bool { return f.data()["nick"] == "bob" })
-	if d := f.data(); f.Type != "broadcast" || d["kind"] != "presence" || d["online"] != true {
+	f := sa.next("bob's presence", func(f frame) bool { return f.DataMap()["nick"] == "bob" })
+	if d := f.DataMap(); f.Type != "broadcast" || d["kind"] != "presence" || d["online"] != true {
 		t.Fatalf("presence frame %+v", f)
 	}
 	sb.close()
-	sa.next("bob offline", func(f frame) bool { d := f.data(); return d["nick"] == "bob" && d["online"] == false })
+	sa.next("bob offline", func(f frame) bool { d := f.DataMap(); return d["nick"] == "bob" && d["online"] == false })
 	e.waitOnline(b.user.ID, false)
 	a.mustDo("GET", "/api/online", nil, http.StatusOK, &online)
 	if len(online.Users) != 1 {
@@ -171,7 +171,7 @@ func TestDirectMessageWithReceipt(t *testing.T) {
 		t.Fatalf("send = %+v", res)
 	}
 	f := sb.next("the message", kind("dm"))
-	if d := f.data(); f.ID != res.ID || f.From != a.user.ID || d["text"] != "hi bob" || d["nick"] != "alice" {
+	if d := f.DataMap(); f.ID != res.ID || f.From != a.user.ID || d["text"] != "hi bob" || d["nick"] != "alice" {
 		t.Fatalf("bob got %+v", f)
 	}
 	r := sa.next("the receipt", func(f frame) bool { return f.Type == "receipt" })
@@ -204,7 +204,7 @@ func TestOfflineMessageDeliveredOnConnect(t *testing.T) {
 	sb := b2.connect()
 	for i := range 3 {
 		f := sb.next("a kept message", kind("dm"))
-		d := f.data()
+		d := f.DataMap()
 		if f.From != a.user.ID || d["text"] != fmt.Sprint("while you were out ", i) || d["offline"] != true {
 			t.Fatalf("kept message %d = %+v", i, f)
 		}
@@ -248,12 +248,12 @@ func TestDirectMessageHistory(t *testing.T) {
 	}
 	sb := b.connect()
 	// The pushed copies carry the history's id, so a page can merge both.
-	if f := sb.next("the kept message", kind("dm")); f.data()["msgId"] != kept.Message.MsgID {
-		t.Fatalf("kept frame %+v, want msgId %s", f.data(), kept.Message.MsgID)
+	if f := sb.next("the kept message", kind("dm")); f.DataMap()["msgId"] != kept.Message.MsgID {
+		t.Fatalf("kept frame %+v, want msgId %s", f.DataMap(), kept.Message.MsgID)
 	}
 	a.mustDo("POST", "/api/messages", map[string]string{"to": "bob", "text": "second"}, http.StatusOK, &live)
-	if f := sb.next("the live message", kind("dm")); f.data()["msgId"] != live.Message.MsgID || live.Message.MsgID <= kept.Message.MsgID {
-		t.Fatalf("live frame %+v, want msgId %s after %s", f.data(), live.Message.MsgID, kept.Message.MsgID)
+	if f := sb.next("the live message", kind("dm")); f.DataMap()["msgId"] != live.Message.MsgID || live.Message.MsgID <= kept.Message.MsgID {
+		t.Fatalf("live frame %+v, want msgId %s after %s", f.DataMap(), live.Message.MsgID, kept.Message.MsgID)
 	}
 	b.mustDo("POST", "/api/messages", map[string]string{"to": "alice", "text": "third"}, http.StatusOK, nil)
 
@@ -421,7 +421,7 @@ func TestRoomMessagesReachOnlineMembers(t *testing.T) {
 	}
 	for _, s := range []*socket{sa, sb} {
 		f := s.next("the room message", kind("chat"))
-		if f.Type != "channel" || f.Channel != "room.lobby" || f.data()["msgId"] != m.MsgID {
+		if f.Type != "channel" || f.Channel != "room.lobby" || f.DataMap()["msgId"] != m.MsgID {
 			t.Fatalf("frame %+v", f)
 		}
 	}
@@ -430,7 +430,7 @@ func TestRoomMessagesReachOnlineMembers(t *testing.T) {
 	// Leaving stops delivery at once.
 	b.mustDo("POST", "/api/rooms/lobby/leave", nil, http.StatusNoContent, nil)
 	a.mustDo("POST", "/api/rooms/lobby/messages", map[string]string{"text": "bob left"}, http.StatusCreated, nil)
-	sa.next("the second message", func(f frame) bool { return f.data()["text"] == "bob left" })
+	sa.next("the second message", func(f frame) bool { return f.DataMap()["text"] == "bob left" })
 	sb.none("a message after leaving", 200*time.Millisecond, kind("chat"))
 }
 
@@ -488,7 +488,7 @@ func TestRecall(t *testing.T) {
 	b.wantError("DELETE", path, nil, http.StatusForbidden, "not_yours")
 	a.mustDo("DELETE", path, nil, http.StatusNoContent, nil)
 	f := sb.next("the recall", kind("recall"))
-	if d := f.data(); d["msgId"] != m.MsgID || d["room"] != "lobby" {
+	if d := f.DataMap(); d["msgId"] != m.MsgID || d["room"] != "lobby" {
 		t.Fatalf("recall frame %+v", f)
 	}
 	var p struct{ Messages []roomMessage }

@@ -20,6 +20,7 @@ import (
 	"github.com/imbroker/imbroker/imhelper"
 	"github.com/imbroker/imbroker/imserver"
 	"github.com/imbroker/imbroker/internal/redistest"
+	"github.com/imbroker/imbroker/internal/testnode"
 )
 
 const (
@@ -178,44 +179,7 @@ func (b *browser) wantError(method, path string, body any, status int, code stri
 }
 
 // frame is what a browser receives on the socket.
-type frame struct {
-	Type    string          `json:"type"`
-	ID      string          `json:"id"`
-	From    string          `json:"from"`
-	To      json.RawMessage `json:"to"` // a list on echoed messages, a string on receipts
-	Channel string          `json:"channel"`
-	Status  string          `json:"status"`
-	Data    json.RawMessage `json:"data"`
-	// The position of a message or channel frame of a stream with history.
-	Epoch  string `json:"epoch"`
-	Offset uint64 `json:"offset"`
-	// A recovered frame's.
-	First   bool          `json:"first"`
-	Streams []streamState `json:"streams"`
-}
-
-// streamState is one stream of a recovered frame.
-type streamState struct {
-	Channel   string `json:"channel"`
-	Epoch     string `json:"epoch"`
-	Offset    uint64 `json:"offset"`
-	Recovered bool   `json:"recovered"`
-}
-
-func (f frame) stream(channel string) (streamState, bool) {
-	for _, s := range f.Streams {
-		if s.Channel == channel {
-			return s, true
-		}
-	}
-	return streamState{}, false
-}
-
-func (f frame) data() map[string]any {
-	var m map[string]any
-	_ = json.Unmarshal(f.Data, &m)
-	return m
-}
+type frame = testnode.Frame
 
 type socket struct {
 	t      *testing.T
@@ -308,7 +272,7 @@ func (s *socket) none(what string, d time.Duration, match func(frame) bool) {
 func (s *socket) close() { _ = s.ws.Close(websocket.StatusNormalClosure, "") }
 
 func kind(k string) func(frame) bool {
-	return func(f frame) bool { return f.data()["kind"] == k }
+	return func(f frame) bool { return f.DataMap()["kind"] == k }
 }
 
 // waitOnline polls the broker's presence until id is (or is not) online.

@@ -21,7 +21,7 @@ func TestRoomHistoryResume(t *testing.T) {
 	if !first.First {
 		t.Fatalf("the socket's first recovered frame has no first: %+v", first)
 	}
-	if st, ok := first.stream(ch); !ok || !st.Recovered {
+	if st, ok := first.Stream(ch); !ok || !st.Recovered {
 		t.Fatalf("recovered frame %+v: want %s listed as recovered", first, ch)
 	}
 
@@ -39,9 +39,9 @@ func TestRoomHistoryResume(t *testing.T) {
 	sb = b.resume(fmt.Sprintf("%s.%d.%s", one.Epoch, one.Offset, ch))
 	var got []string
 	for len(got) < 3 {
-		f := sb.next("the replay and the recovered frame", func(f frame) bool { return f.Type == "recovered" || f.data()["kind"] == "chat" })
+		f := sb.next("the replay and the recovered frame", func(f frame) bool { return f.Type == "recovered" || f.DataMap()["kind"] == "chat" })
 		if f.Type == "recovered" {
-			st, ok := f.stream(ch)
+			st, ok := f.Stream(ch)
 			if !f.First || !ok || !st.Recovered || st.Epoch != one.Epoch || st.Offset != one.Offset+2 {
 				t.Fatalf("recovered frame %+v after %v: want %s recovered at %s.%d", f, got, ch, one.Epoch, one.Offset+2)
 			}
@@ -49,9 +49,9 @@ func TestRoomHistoryResume(t *testing.T) {
 			continue
 		}
 		if f.Epoch != one.Epoch || f.Offset != one.Offset+uint64(len(got))+1 {
-			t.Fatalf("replayed %q at %s.%d, want %s.%d", f.data()["text"], f.Epoch, f.Offset, one.Epoch, one.Offset+uint64(len(got))+1)
+			t.Fatalf("replayed %q at %s.%d, want %s.%d", f.DataMap()["text"], f.Epoch, f.Offset, one.Epoch, one.Offset+uint64(len(got))+1)
 		}
-		got = append(got, f.data()["text"].(string))
+		got = append(got, f.DataMap()["text"].(string))
 	}
 	if fmt.Sprint(got) != "[two three recovered]" {
 		t.Fatalf("after resuming: %v, want the two missed messages, then the recovered frame", got)

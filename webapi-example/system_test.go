@@ -35,12 +35,12 @@ func TestEmbeddedSystem(t *testing.T) {
 	// A private message to offline bob waits for him.
 	a.mustDo("POST", "/api/messages", map[string]string{"to": "bob", "text": "kept"}, http.StatusAccepted, nil)
 	sb := b.connect()
-	if f := sb.next("the kept message", kind("dm")); f.data()["text"] != "kept" {
+	if f := sb.next("the kept message", kind("dm")); f.DataMap()["text"] != "kept" {
 		t.Fatalf("kept message %+v", f)
 	}
 
 	a.mustDo("POST", "/api/messages", map[string]string{"to": "bob", "text": "live"}, http.StatusOK, nil)
-	sb.next("the live message", func(f frame) bool { return f.data()["text"] == "live" })
+	sb.next("the live message", func(f frame) bool { return f.DataMap()["text"] == "live" })
 	sa.next("the receipt", func(f frame) bool { return f.Type == "receipt" && f.Status == "delivered" })
 
 	a.mustDo("POST", "/api/rooms/lobby/messages", map[string]string{"text": "room"}, http.StatusCreated, nil)
@@ -61,7 +61,7 @@ func TestEmbeddedSystem(t *testing.T) {
 		t.Fatalf("close code %d, want 4001", code)
 	}
 	// Other pages' online lists learn of the kick.
-	sa.next("bob's offline presence", func(f frame) bool { d := f.data(); return d["nick"] == "bob" && d["online"] == false })
+	sa.next("bob's offline presence", func(f frame) bool { d := f.DataMap(); return d["nick"] == "bob" && d["online"] == false })
 }
 
 func TestConfigFromEnv(t *testing.T) {

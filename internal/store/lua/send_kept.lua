@@ -36,7 +36,8 @@ if n > 0 then
   head = head .. ',"pos":[' .. table.concat(quoted, ',') .. ']'
 end
 if slots > n and out[slots] ~= '' then head = head .. ',"epos":"' .. out[slots] .. '"' end
-local msg = head .. '}\n' .. ARGV[3]
-if ARGV[4] ~= '' then msg = msg .. '\n' .. ARGV[4] end
-redis.call('PUBLISH', ARGV[1], msg)
+-- The node message: header, frame and echo frame, one per line.
+local lines = {head .. '}', ARGV[3]}
+if ARGV[4] ~= '' then lines[3] = ARGV[4] end
+redis.call('PUBLISH', ARGV[1], table.concat(lines, '\n'))
 return out
