@@ -166,6 +166,11 @@ func TestSlowConsumers(t *testing.T) {
 		cfg.MaxQueueBytes = 256 << 10
 		cfg.PingInterval = time.Hour
 		cfg.PongTimeout = time.Hour
+		// Nor a self-probe: on a loaded machine a probe that takes longer
+		// than its grace (3 × 500 ms in tests) makes the node resubscribe,
+		// and a broadcast (never kept) published meanwhile is lost to
+		// every reader; this test is about queue bounds, not probes.
+		cfg.ProbeInterval = time.Hour
 	})
 	node := c.nodes[0]
 	const stalled, readers, maxMsgs = 20, 50, 3000
