@@ -27,6 +27,9 @@ type env struct {
 	diag     *store.Redis // read-only looks at Redis (commandstats, subscribers)
 	workers  []*workerProc
 	closed   sync.Once
+	// drops holds nodeDrops at the end of the last step (nil before the
+	// first: step 1 counts from the node's start).
+	drops map[string]float64
 }
 
 func newEnv(ctx context.Context, o options) (*env, error) {

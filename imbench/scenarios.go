@@ -207,6 +207,11 @@ func (e *env) finishStep(ctx context.Context, t *Table, rows *[]plotRow, scenari
 	if err != nil {
 		return s, err
 	}
+	drops := e.nodeDrops()
+	if n := dropsNote(k, e.drops, drops); n != "" {
+		t.Notes = append(t.Notes, n)
+	}
+	e.drops = drops
 	r.cpu = e.cpu(m)
 	cmd1, pub1 := e.commandStats(ctx)
 	r.cmds, r.pubs = cmd1-cmd0, pub1-pub0

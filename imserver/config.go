@@ -109,11 +109,14 @@ type Config struct {
 	// socket resumes or fills a gap; a socket that missed more is told
 	// recovered:false. Default 1000.
 	MaxRecovery int
-	// SubscriberQueue bounds the messages from Redis waiting for each of
-	// the node's subscriber workers; past it data messages are dropped
-	// (im_pubsub_overflow_total) and then filled from history. Default
-	// 16384.
-	SubscriberQueue int
+	// SubscriberQueueBytes bounds the payload bytes of the messages from
+	// Redis waiting for the node's subscriber workers, and SubscriberQueue
+	// the messages waiting for each of them. Under overload delivery is
+	// late up to these bounds; past them data messages are dropped
+	// (im_pubsub_overflow_total) and then filled from history. Defaults
+	// 64 MiB and 262144.
+	SubscriberQueueBytes int
+	SubscriberQueue      int
 	// ProbeInterval is how often the node checks its own subscription by
 	// publishing a probe to itself. Default 5s.
 	ProbeInterval time.Duration
@@ -176,6 +179,9 @@ func (c *Config) fill() error {
 	}
 	if c.SubscriberQueue <= 0 {
 		c.SubscriberQueue = defaultWorkerQueue
+	}
+	if c.SubscriberQueueBytes <= 0 {
+		c.SubscriberQueueBytes = defaultBacklogBytes
 	}
 	setDur(&c.ProbeInterval, 5*time.Second)
 	setDur(&c.RedisTimeout, 3*time.Second)
@@ -269,7 +275,8 @@ func ParseFlags(fs *flag.FlagSet, args []string) (Config, error) {
 	dur(&c.DrainWindow, "drain-window", "window over which sockets are closed at shutdown (default 5s)")
 	dur(&c.OfflineGrace, "offline-grace", "how long a client without sockets keeps its presence and rooms, so that a reconnect within it is seamless (default 10s, negative = none)")
 	num(&c.MaxRecovery, "max-recovery", "most messages replayed per stream when a socket resumes (default 1000)")
-	num(&c.SubscriberQueue, "subscriber-queue", "messages from Redis queued per subscriber worker before data is dropped and filled from history (default 16384)")
+	num(&c.SubscriberQueue, "subscriber-queue", "messages from Redis queued per subscriber worker before data is dropped and filled from history (default 262144)")
+	num(&c.SubscriberQueueBytes, "subscriber-queue-bytes", "payload bytes from Redis queued over all subscriber workers before data is dropped and filled from history (default 67108864)")
 	dur(&c.ProbeInterval, "probe-interval", "pub/sub self-probe interval (default 5s)")
 	num(&c.EventStreamMaxLen, "event-stream-maxlen", "approximate event stream cap (default 100000)")
 	dur(&c.RedisTimeout, "redis-timeout", "timeout of one Redis command (default 3s)")

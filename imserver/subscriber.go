@@ -29,8 +29,8 @@ type subscriber struct {
 	hasTopic func(string) bool // whether a channel has a local member
 	onUp     func(resub bool)  // subscribed (again, with resub)
 	onDrop   func()            // a data message was dropped
-	stop     <-chan struct{}   // the node is stopping
-	workers  []chan store.Message
+	workers  []*workQueue
+	backlog  *backlog // what every worker holds, against its bound
 	seed     maphash.Seed
 
 	// topicLocks serialise SUBSCRIBE/UNSUBSCRIBE of one topic so that the
@@ -48,13 +48,18 @@ type subscriber struct {
 
 const (
 	subscriberWorkers = 4
-	// defaultWorkerQueue bounds the messages waiting for one worker
-	// (Config.SubscriberQueue). When it is full a data message is dropped
-	// and counted: blocking instead would stall rueidis' reader until
-	// Redis, 32 MB behind, cuts the subscription and everything in flight
-	// is lost, control messages included. With history the drop becomes a
-	// delay: the node then fills every socket from the streams.
-	defaultWorkerQueue = 16384
+	// defaultBacklogBytes and defaultWorkerQueue bound what waits for the
+	// workers (Config.SubscriberQueueBytes, Config.SubscriberQueue): the
+	// payload bytes of all four, and the messages of each. Under overload
+	// the backlog grows and delivery is late, not lost, up to the bound;
+	// past it a data message is dropped and counted. Blocking instead
+	// would stall rueidis' reader until Redis, 32 MB behind, cuts the
+	// subscription and everything in flight is lost, control messages
+	// included. With history a drop is a longer delay: the node then fills
+	// every socket from the streams. At the p2p knee on the test box
+	// (30,000 msg/s of ~300 bytes) 64 MiB is about 7 s of backlog.
+	defaultBacklogBytes = 64 << 20
+	defaultWorkerQueue  = 1 << 18
 )
 
 func (s *Server) newSubscriber() *subscriber {
@@ -78,16 +83,13 @@ func (s *Server) newSubscriber() *subscriber {
 				s.sweepStreams("resubscribe")
 			}
 		},
-		onDrop: func() {
-			s.markDirty()              // a resync reloads membership
-			s.sweepStreams("overflow") // the streams hold what was dropped
-		},
-		stop: s.ctx.Done(),
-		seed: maphash.MakeSeed(),
-		kick: make(chan struct{}, 1),
+		onDrop:  func() { s.sweepStreams("overflow") }, // the streams hold what was dropped
+		backlog: &backlog{maxBytes: int64(s.cfg.SubscriberQueueBytes), maxMsgs: s.cfg.SubscriberQueue},
+		seed:    maphash.MakeSeed(),
+		kick:    make(chan struct{}, 1),
 	}
 	for range subscriberWorkers {
-		sub.workers = append(sub.workers, make(chan store.Message, s.cfg.SubscriberQueue))
+		sub.workers = append(sub.workers, newWorkQueue())
 	}
 	return sub
 }
@@ -115,22 +117,14 @@ func (sub *subscriber) reconnect() {
 
 // run keeps the node subscribed until ctx ends.
 func (sub *subscriber) run(ctx context.Context) {
-	// The worker channels are never closed: rueidis' reader may still be in
-	// dispatch after we release the connection. Workers and dispatch stop on
-	// ctx instead.
+	// The work queues are never closed: rueidis' reader may still be in
+	// dispatch after we release the connection. Workers stop on ctx.
 	var wg sync.WaitGroup
-	for _, ch := range sub.workers {
+	for _, q := range sub.workers {
 		wg.Add(1)
 		go func() { // ends with ctx; run waits for it
 			defer wg.Done()
-			for {
-				select {
-				case m := <-ch:
-					sub.handle(m)
-				case <-ctx.Done():
-					return
-				}
-			}
+			q.work(ctx, sub.backlog, sub.handle)
 		}()
 	}
 	defer wg.Wait()
@@ -221,27 +215,21 @@ func (sub *subscriber) syncTopics(topics []string) {
 	}
 }
 
-// dispatch runs in rueidis' reader; it only hands the message on. Data
-// (sends, deliveries, channel and broadcast frames) is dropped and counted
-// when the worker is full (see defaultWorkerQueue); control messages wait for
-// room, since losing one would leave state wrong. Any drop also schedules
-// a resync, which reloads membership.
+// dispatch runs in rueidis' reader; it only hands the message on, and
+// never blocks. Data (sends, deliveries, channel and broadcast frames) is
+// dropped and counted once the backlog is full (see defaultBacklogBytes);
+// control messages (join, leave, kick, probe) are always queued, past the
+// bound if need be, since losing one would leave state wrong. They are few
+// and small. Membership travels only in control messages, so a drop needs
+// no resync; it schedules a sweep, which fills what was kept.
 func (sub *subscriber) dispatch(m store.Message) {
 	key := m.Channel
 	if m.Kind != store.ToChannel {
 		key = string(rune(m.Kind))
 	}
-	w := sub.workers[maphash.String(sub.seed, key)%uint64(len(sub.workers))]
-	select {
-	case w <- m:
-		return
-	default:
-	}
-	if m.Kind == store.ToNode && wire.IsControlMsg(m.Payload) {
-		select {
-		case w <- m:
-		case <-sub.stop:
-		}
+	q := sub.workers[maphash.String(sub.seed, key)%uint64(len(sub.workers))]
+	control := m.Kind == store.ToNode && wire.IsControlMsg(m.Payload)
+	if q.push(m, sub.backlog, control) {
 		return
 	}
 	sub.metrics.overflow.Inc()
