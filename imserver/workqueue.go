@@ -81,7 +81,7 @@ func (q *workQueue) work(ctx context.Context, b *backlog, handle func(store.Mess
 		for i, m := range batch {
 			handle(m)
 			b.bytes.Add(-msgCost(m))
-			batch[i] = store.Message{} // let the payload go
+			batch[i] = store.Message{}            // let the payload go
 			if i%256 == 255 && ctx.Err() != nil { // a node stopping drops its backlog
 				return
 			}
