@@ -2,6 +2,7 @@ package imserver
 
 import (
 	"hash/maphash"
+	"runtime"
 	"sync"
 
 	"github.com/imbroker/imbroker/internal/wire"
@@ -199,25 +200,85 @@ func (h *hub) sendClient(id string, p wire.Position, f outFrame) bool {
 // sendTopic queues f on every socket of every local member of ch; p is f's
 // position in the channel's stream (zero if it has none).
 func (h *hub) sendTopic(ch string, p wire.Position, f outFrame) int {
-	n := 0
+	lp := memberLists.Get().(*[]*client)
+	members := (*lp)[:0]
 	h.topicsMu.RLock()
 	for c := range h.topics[ch] {
-		n += c.sendAt(ch, p, f)
+		members = append(members, c)
 	}
 	h.topicsMu.RUnlock()
+	n := fanOut(members, func(c *client) int { return c.sendAt(ch, p, f) })
+	putMembers(lp, members)
 	return n
 }
 
 // sendAll queues f on every local socket.
 func (h *hub) sendAll(f outFrame) int {
-	n := 0
-	for i := range h.shards {
-		s := &h.shards[i]
-		s.mu.RLock()
-		for _, c := range s.clients {
-			n += c.send(f)
+	lp := memberLists.Get().(*[]*client)
+	members := (*lp)[:0]
+	h.each(func(c *client) { members = append(members, c) })
+	n := fanOut(members, func(c *client) int { return c.send(f) })
+	putMembers(lp, members)
+	return n
+}
+
+// memberLists holds the member snapshots of fan-outs. A fan-out works on a
+// snapshot, not under topicsMu: its sockets are written as it goes
+// (sockWriter.writeNow), and a join or leave must not wait for 10,000
+// writes, nor other channels' fan-outs behind that join.
+var memberLists = sync.Pool{New: func() any { l := make([]*client, 0, 256); return &l }}
+
+func putMembers(lp *[]*client, members []*client) {
+	clear(members)
+	if cap(members) <= 1<<16 {
+		*lp = members[:0]
+		memberLists.Put(lp)
+	}
+}
+
+// fanOutPart is the fewest members a fan-out gives to one core: below it
+// starting a goroutine costs more than the writes it spreads.
+const fanOutPart = 512
+
+// fanOut calls send for every member and returns the sum. A large fan-out
+// is split across the cores, so that the last of 10,000 members is not
+// 10,000 writes behind the first: the caller takes the first part and a
+// goroutine each takes the others. It returns once every part is done, so
+// the next message on the caller's worker cannot overtake this one on any
+// socket.
+func fanOut(members []*client, send func(*client) int) int {
+	parts := min(runtime.GOMAXPROCS(0), len(members)/fanOutPart)
+	if parts <= 1 {
+		n := 0
+		for _, c := range members {
+			n += send(c)
 		}
-		s.mu.RUnlock()
+		return n
+	}
+	counts := make([]int, parts)
+	var wg sync.WaitGroup
+	size := (len(members) + parts - 1) / parts
+	for i := parts - 1; i >= 0; i-- {
+		part := members[i*size : min(len(members), (i+1)*size)]
+		work := func() {
+			for _, c := range part {
+				counts[i] += send(c)
+			}
+		}
+		if i == 0 {
+			work()
+			continue
+		}
+		wg.Add(1)
+		go func() { // ends with its part; fanOut waits for it
+			defer wg.Done()
+			work()
+		}()
+	}
+	wg.Wait()
+	n := 0
+	for _, c := range counts {
+		n += c
 	}
 	return n
 }

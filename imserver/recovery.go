@@ -210,6 +210,7 @@ func (s *Server) runFills(c *conn) {
 			reads, err = s.readFills(c, reqs)
 		}
 
+		c.w.bursts.Add(1) // replays and held frames leave in batches
 		st.mu.Lock()
 		var states []wire.StreamState
 		read := make(map[string]bool, len(reqs))
@@ -244,9 +245,11 @@ func (s *Server) runFills(c *conn) {
 		if len(st.fills) == 0 {
 			st.filling = false
 			st.mu.Unlock()
+			c.w.bursts.Add(-1)
 			return
 		}
 		st.mu.Unlock()
+		c.w.bursts.Add(-1)
 	}
 }
 

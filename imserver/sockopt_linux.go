@@ -1,6 +1,7 @@
 package imserver
 
 import (
+	"crypto/tls"
 	"net"
 	"syscall"
 )
@@ -35,4 +36,78 @@ func limitUnsent(nc net.Conn, n int) {
 			return
 		}
 	}
+}
+
+// rawWriter writes to a socket's descriptor without ever waiting: what the
+// kernel does not take at once is left to the caller. It lets a fan-out
+// write a frame from the goroutine that routes it, instead of starting a
+// writer goroutine per socket per message (sockWriter.enqueue). One write
+// runs at a time (the sockWriter's writing flag), so the state of the call
+// lives here and the callback is bound once: a closure per write would be
+// an allocation per delivered frame.
+type rawWriter struct {
+	rc    syscall.RawConn
+	write func(fd uintptr) bool // r.writeFD
+	b     []byte                // being written
+	n     int                   // of b written
+	err   error
+}
+
+// newRawWriter returns nc's raw writer, or nil where bytes written to the
+// descriptor would not be the socket's bytes (TLS) or there is none.
+func newRawWriter(nc net.Conn) *rawWriter {
+	for {
+		switch c := nc.(type) {
+		case syscall.Conn:
+			rc, err := c.SyscallConn()
+			if err != nil {
+				return nil
+			}
+			r := &rawWriter{rc: rc}
+			r.write = r.writeFD
+			return r
+		case *tls.Conn:
+			return nil
+		case interface{ NetConn() net.Conn }: // guardedConn
+			nc = c.NetConn()
+		default:
+			return nil
+		}
+	}
+}
+
+// tryWrite writes what the kernel takes of b now and returns how much
+// that was; a full send buffer is not an error.
+func (r *rawWriter) tryWrite(b []byte) (int, error) {
+	r.b, r.n, r.err = b, 0, nil
+	err := r.rc.Write(r.write)
+	n, werr := r.n, r.err
+	r.b, r.err = nil, nil
+	if err != nil { // the descriptor is closed
+		return n, err
+	}
+	return n, werr
+}
+
+// writeFD is tryWrite's callback: it returns true (done) whether or not
+// everything was written, so that RawConn.Write never waits.
+func (r *rawWriter) writeFD(fd uintptr) bool {
+	for r.n < len(r.b) {
+		m, e := syscall.Write(int(fd), r.b[r.n:])
+		if m > 0 {
+			r.n += m
+		}
+		switch {
+		case e == syscall.EINTR:
+			continue
+		case e == syscall.EAGAIN:
+			return true
+		case e != nil:
+			r.err = e
+			return true
+		case m <= 0:
+			return true
+		}
+	}
+	return true
 }

@@ -111,3 +111,79 @@ func BenchmarkHeartbeat(b *testing.B) {
 		s.heartbeat(now)
 	}
 }
+
+// BenchmarkFanOut sends one channel frame to every member of a channel of
+// real loopback WebSockets whose peers read and discard, the whole node
+// path (hub.sendTopic, the writers, write(2)); ns/delivery is per socket.
+//
+//   - inline: today's path, each frame written from the fan-out
+//     (sockWriter.writeNow) across the cores (fanOut);
+//   - goroutine: every socket's frame through a writer goroutine started
+//     for it (the path before issue 11: no rawWriter).
+//
+// Run with:
+//
+//	go test ./imserver -run '^$' -bench FanOut -benchmem
+func BenchmarkFanOut(b *testing.B) {
+	const members = 1000
+	f := wire.ChannelFrame("01JD3Y5M2X8Q4R7T9V1W3Y5Z7A", "alice", "bench", 1732340000000, []byte(`{"text":"a 100-byte-ish payload for the benchmark, like the targets in issue five use"}`))
+	for _, mode := range []string{"inline", "goroutine"} {
+		b.Run(mode, func(b *testing.B) {
+			s := &Server{cfg: Config{MaxQueueBytes: 64 << 20, WriteTimeout: 10 * time.Second}, metrics: newMetrics(), hub: newHub()}
+			s.ctx, s.cancel = context.WithCancel(context.Background())
+			defer s.stopGoroutines()
+			defer s.cancel()
+			got := make(chan *conn, members)
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				lw := &leanWriter{ResponseWriter: w, newWriter: s.newSockWriter}
+				ws, err := websocket.Accept(lw, r, nil)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				if mode == "goroutine" {
+					lw.w.raw = nil
+				}
+				cn := s.newConn(ws, lw.w)
+				cn.hist.holding.Store(false)
+				got <- cn
+			}))
+			defer hs.Close()
+			ctx := context.Background()
+			var read atomic.Int64
+			for i := range members {
+				peer, _, err := websocket.Dial(ctx, strings.Replace(hs.URL, "http", "ws", 1), nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer peer.CloseNow()
+				go func() {
+					for {
+						if _, _, err := peer.Read(ctx); err != nil {
+							return
+						}
+						read.Add(1)
+					}
+				}()
+				cn := <-got
+				defer cn.ws.CloseNow()
+				c, _ := s.hub.add("m"+strconv.Itoa(i), "", cn)
+				s.hub.join(c, []string{"bench"})
+			}
+			of := outFrame{b: f}
+			b.ReportAllocs()
+			b.ResetTimer()
+			n := int64(0)
+			for b.Loop() {
+				if got := s.hub.sendTopic("bench", wire.Position{}, of); got != members {
+					b.Fatalf("sent to %d of %d", got, members)
+				}
+				n += members
+				for read.Load() < n { // one message in flight, as at a low rate
+					time.Sleep(20 * time.Microsecond)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/members, "ns/delivery")
+		})
+	}
+}

@@ -43,10 +43,16 @@ type outFrame struct {
 //     consumer's close frame follows tens of kilobytes, not the megabytes
 //     a backlog and an autotuned send buffer would put ahead of it.
 //
-// A writer goroutine exists only while the queue is non-empty, so an idle
-// socket costs no goroutine here.
+// A data frame for an idle socket (nothing queued, no write running) is
+// written at once from the goroutine that enqueues it, if the kernel takes
+// it whole without waiting (rawWriter): a fan-out to 10,000 sockets then
+// costs 10,000 writes and no goroutine. A writer goroutine is started only
+// for what the kernel did not take, or for frames queued meanwhile, and
+// exists only while the queue is non-empty, so an idle socket costs no
+// goroutine here.
 type sockWriter struct {
 	net.Conn
+	raw      *rawWriter // nil: every frame goes through the writer goroutine
 	metrics  *metrics
 	maxQueue int
 	spawn    func(func()) bool // starts a goroutine the server tracks
@@ -63,6 +69,12 @@ type sockWriter struct {
 	closeQueued bool          // a close frame is queued: nothing after it; guarded by mu
 	closed      bool          // Close was called; guarded by mu
 	idle        chan struct{} // closed when the writer exits, while Close waits; guarded by mu
+
+	// bursts counts the callers writing many frames in a row (a fill's
+	// replay): while it is not 0, frames go through the writer goroutine,
+	// which sends what accumulated with one write(2), instead of one
+	// write each from the caller.
+	bursts atomic.Int32
 
 	// cut is set with dataStopped when the backlog is dropped: the writer
 	// then drops the data frames of its batch it has not written yet.
@@ -114,12 +126,70 @@ func (w *sockWriter) enqueue(f outFrame) bool {
 		w.onSlow()
 		return false
 	}
+	if !w.writing && len(w.queue) == 0 && w.raw != nil && w.bursts.Load() == 0 {
+		w.writing = true // ours until writeNow is done: others queue behind
+		w.queued += len(f.b)
+		w.mu.Unlock()
+		w.writeNow(f)
+		return true
+	}
 	start := w.pushLocked(f)
 	w.mu.Unlock()
 	if start {
 		w.startWriter()
 	}
 	return true
+}
+
+// writeNow writes f from the caller's goroutine without waiting; the
+// caller set writing. What the kernel did not take (all of f, or the rest
+// of its bytes) goes to the head of the queue, and a writer goroutine is
+// started for it and for anything queued meanwhile.
+func (w *sockWriter) writeNow(f outFrame) {
+	bp := batchBufs.Get().(*[]byte)
+	buf := wire.AppendFrameHeader((*bp)[:0], wire.OpText, len(f.b))
+	buf = append(buf, f.b...)
+	n, err := w.raw.tryWrite(buf)
+	var rest []byte
+	if err == nil && n > 0 && n < len(buf) {
+		rest = append([]byte(nil), buf[n:]...)
+	}
+	*bp = buf[:0]
+	batchBufs.Put(bp)
+	if err == nil && n > 0 {
+		w.metrics.observeDelivery(f.ts)
+	}
+	w.mu.Lock()
+	w.queued -= len(f.b)
+	switch {
+	case err != nil:
+		w.dataStopped, w.closeQueued = true, true
+		w.queue = nil
+		w.exitLocked()
+		w.mu.Unlock()
+		w.onBroken()
+		return
+	case n == 0: // the kernel took nothing: f waits like any frame
+		w.queue = append(w.queue, outFrame{})
+		copy(w.queue[1:], w.queue)
+		w.queue[0] = f
+		w.queued += len(f.b)
+	case rest != nil:
+		// The rest of a frame already begun, written as it is and kept
+		// through a slow consumer's cut (stopData keeps control frames),
+		// since the stream would be corrupt without it.
+		w.queue = append(w.queue, outFrame{})
+		copy(w.queue[1:], w.queue)
+		w.queue[0] = outFrame{b: rest, ctrl: true}
+		w.queued += len(rest)
+	}
+	if len(w.queue) == 0 {
+		w.exitLocked()
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
+	w.startWriter() // writing stays set: the writer goroutine owns it now
 }
 
 // pushLocked appends f and reports whether a writer must be started.
