@@ -28,6 +28,10 @@ func TestDeliveryOverflow(t *testing.T) {
 	c := startProcCluster(t)
 	p := c.startProc("o1", "-subscriber-queue", "1")
 	c.waitProcViews(p)
+	// Streams that hold every message sent: with imhelper's default 100 a
+	// fill that a busy machine delays past 100 messages would rightly say
+	// recovered:false.
+	im := procHelper(t, c, deliveryHistory, "o1")
 	const receivers, senders, maxSends = 8, 16, 40000
 	clients := make([]*wsClient, receivers)
 	ids := make([]string, receivers)
@@ -110,7 +114,7 @@ func TestDeliveryOverflow(t *testing.T) {
 				if k > maxSends || (k%500 == 0 && k > 2000 && p.metric(t, "im_pubsub_overflow_total") > 0) {
 					return
 				}
-				if _, err := c.helper.SendMessage(bg, "s", ids, fmt.Sprintf(`{"k":%d}`, k)); err != nil {
+				if _, err := im.SendMessage(bg, "s", ids, fmt.Sprintf(`{"k":%d}`, k)); err != nil {
 					sendErr.Store(err)
 					return
 				}
@@ -128,7 +132,7 @@ func TestDeliveryOverflow(t *testing.T) {
 	if overflow == 0 {
 		t.Fatalf("the node never overflowed in %d sends; the test did not exercise the drop", len(sent))
 	}
-	if _, err := c.helper.SendMessage(bg, "s", ids, `{"end":true}`); err != nil {
+	if _, err := im.SendMessage(bg, "s", ids, `{"end":true}`); err != nil {
 		t.Fatal(err)
 	}
 	readers.Wait()
@@ -150,6 +154,118 @@ func TestDeliveryOverflow(t *testing.T) {
 	}
 	t.Logf("%d messages to each of %d receivers; %v dropped by the node and filled from history, %v replayed",
 		len(sent), receivers, overflow, p.metric(t, "im_replayed_messages_total"))
+}
+
+// TestOverflowUnkeptTold: without history, what a node drops under
+// overload cannot be filled, so every receiver that missed a message is
+// told: a recovered frame lists its personal stream as recovered:false
+// with no position. No gap is silent.
+func TestOverflowUnkeptTold(t *testing.T) {
+	c := startProcCluster(t)
+	p := c.startProc("u1", "-subscriber-queue", "1")
+	c.waitProcViews(p)
+	im := procHelper(t, c, &imhelper.HistoryOptions{Clients: []imhelper.HistoryRule{{Size: 0}}}, "u1")
+	const receivers, senders, maxSends = 4, 16, 40000
+	ids := make([]string, receivers)
+	clients := make([]*wsClient, receivers)
+	for i := range clients {
+		ids[i] = fmt.Sprintf("uk-%d", i)
+		clients[i] = c.connect(ids[i], "")
+	}
+	// Each reader counts messages, end markers and loss notices until the
+	// test has seen what it waits for (the notice comes with the sweep
+	// after the drop, which may be after the end marker).
+	type result struct {
+		got, ends int
+		told      bool
+		err       error
+	}
+	var mu sync.Mutex
+	results := make([]result, receivers)
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	defer func() { close(stop); readers.Wait() }()
+	for i, w := range clients {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				var f frame
+				select {
+				case f = <-w.frames:
+				case <-w.done:
+					mu.Lock()
+					results[i].err = fmt.Errorf("%s closed", w.id)
+					mu.Unlock()
+					return
+				case <-stop:
+					return
+				}
+				mu.Lock()
+				r := &results[i]
+				switch {
+				case f.Type == "recovered" && !f.First:
+					for _, s := range f.Streams {
+						if s.Channel != "" || s.Recovered || s.Epoch != "" {
+							r.err = fmt.Errorf("%s: unexpected stream state %+v", w.id, s)
+						}
+					}
+					r.told = true
+				case f.Type == "message" && strings.Contains(string(f.Data), "end"):
+					r.ends++
+				case f.Type == "message":
+					r.got++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1))
+				if k > maxSends || (k%500 == 0 && k > 2000 && p.metric(t, "im_pubsub_overflow_total") > 0) {
+					return
+				}
+				if _, err := im.SendMessage(bg, "s", ids, fmt.Sprintf(`{"k":%d}`, k)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	sent := int(min(next.Load()-senders, maxSends))
+	if p.metric(t, "im_pubsub_overflow_total") == 0 {
+		t.Fatalf("the node never overflowed; the test did not exercise the drop")
+	}
+	// Every reader ends with an end marker (sent again while one can be
+	// dropped too) and, if it missed messages, the notice.
+	checkFor(t, time.Minute, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for i, r := range results {
+			switch {
+			case r.err != nil:
+				t.Fatal(r.err)
+			case r.ends == 0:
+				go im.SendMessage(bg, "s", ids[i:i+1], `{"end":true}`)
+				return fmt.Errorf("%s: no end marker yet", ids[i])
+			case r.got < sent && !r.told:
+				return fmt.Errorf("%s got %d of about %d messages and was not told recovered:false", ids[i], r.got, sent)
+			}
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for i, r := range results {
+		t.Logf("%s: %d of about %d messages, told of the loss: %v", ids[i], r.got, sent, r.told)
+	}
 }
 
 // The fault tests below run real node processes under traffic and count

@@ -446,7 +446,8 @@ func (s *Server) sweepStreams(why string) {
 		}
 		s.sweepPending.Store(false)
 		s.lastSweep.Store(time.Now().UnixNano())
-		n := 0
+		lostClients, lostChans, lostAll := s.losses.take()
+		n, told := 0, 0
 		for _, cl := range s.hub.clientList() {
 			for _, c := range cl.connList() {
 				if reqs := c.positionFills(); len(reqs) > 0 {
@@ -454,9 +455,12 @@ func (s *Server) sweepStreams(why string) {
 					n++
 				}
 			}
+			if cl.tellLosses(lostClients, lostChans, lostAll) {
+				told++
+			}
 		}
 		s.metrics.sweeps.WithLabelValues(why).Inc()
-		s.log.Info("filling every socket's streams", "why", why, "sockets", n)
+		s.log.Info("filling every socket's streams", "why", why, "sockets", n, "clients told of unkept losses", told)
 	})
 }
 

@@ -76,7 +76,8 @@ type Server struct {
 	// fillSlots bounds the history reads in flight (recovery.go), so that a
 	// sweep over every socket does not queue thousands at once.
 	fillSlots    chan struct{}
-	sweepPending atomic.Bool // a sweepStreams is scheduled
+	sweepPending atomic.Bool  // a sweepStreams is scheduled
+	losses       unkeptLosses // dropped messages no stream kept, told at the next sweep
 	// forwardUntil (unix nanos) ends the forwarding window that a change
 	// of the node set opens (forward.go); forwardSlots bounds its lookups.
 	forwardUntil atomic.Int64

@@ -25,10 +25,10 @@ type subscriber struct {
 	timeout  time.Duration // one Redis command
 	grace    time.Duration // how long without a probe before unhealthy
 	handle   func(store.Message)
-	topics   func() []string   // channels with a local member
-	hasTopic func(string) bool // whether a channel has a local member
-	onUp     func(resub bool)  // subscribed (again, with resub)
-	onDrop   func()            // a data message was dropped
+	topics   func() []string     // channels with a local member
+	hasTopic func(string) bool   // whether a channel has a local member
+	onUp     func(resub bool)    // subscribed (again, with resub)
+	onDrop   func(store.Message) // a data message was dropped
 	workers  []*workQueue
 	backlog  *backlog // what every worker holds, against its bound
 	seed     maphash.Seed
@@ -83,7 +83,10 @@ func (s *Server) newSubscriber() *subscriber {
 				s.sweepStreams("resubscribe")
 			}
 		},
-		onDrop:  func() { s.sweepStreams("overflow") }, // the streams hold what was dropped
+		onDrop: func(m store.Message) {
+			s.losses.note(m)           // told to who has no stream for it
+			s.sweepStreams("overflow") // the streams hold what was kept
+		},
 		backlog: &backlog{maxBytes: int64(s.cfg.SubscriberQueueBytes), maxMsgs: s.cfg.SubscriberQueue},
 		seed:    maphash.MakeSeed(),
 		kick:    make(chan struct{}, 1),
@@ -233,5 +236,5 @@ func (sub *subscriber) dispatch(m store.Message) {
 		return
 	}
 	sub.metrics.overflow.Inc()
-	sub.onDrop()
+	sub.onDrop(m)
 }
