@@ -222,6 +222,31 @@ func (h *hub) sendAll(f outFrame) int {
 	return n
 }
 
+// sendTopicRun queues frames fs of ch, at positions ps, on every socket
+// of every local member, each socket's run together (conn.deliverRun).
+func (h *hub) sendTopicRun(ch string, ps []wire.Position, fs []outFrame) int {
+	lp := memberLists.Get().(*[]*client)
+	members := (*lp)[:0]
+	h.topicsMu.RLock()
+	for c := range h.topics[ch] {
+		members = append(members, c)
+	}
+	h.topicsMu.RUnlock()
+	n := fanOut(members, func(c *client) int { return c.sendRun(ch, ps, fs) })
+	putMembers(lp, members)
+	return n
+}
+
+// sendAllRun queues broadcast frames fs on every local socket.
+func (h *hub) sendAllRun(fs []outFrame) int {
+	lp := memberLists.Get().(*[]*client)
+	members := (*lp)[:0]
+	h.each(func(c *client) { members = append(members, c) })
+	n := fanOut(members, func(c *client) int { return c.sendRun("", nil, fs) })
+	putMembers(lp, members)
+	return n
+}
+
 // memberLists holds the member snapshots of fan-outs. A fan-out works on a
 // snapshot, not under topicsMu: its sockets are written as it goes
 // (sockWriter.writeNow), and a join or leave must not wait for 10,000
@@ -313,6 +338,21 @@ func (c *client) sendAt(ch string, p wire.Position, f outFrame) int {
 	c.mu.RLock()
 	for _, cn := range c.conns {
 		if cn.deliver(ch, p, f) {
+			n++
+		}
+	}
+	c.mu.RUnlock()
+	return n
+}
+
+// sendRun queues frames fs of stream ch (ps their positions; nil for
+// frames of no stream) on every socket of c and returns how many took
+// them.
+func (c *client) sendRun(ch string, ps []wire.Position, fs []outFrame) int {
+	n := 0
+	c.mu.RLock()
+	for _, cn := range c.conns {
+		if cn.deliverRun(ch, ps, fs) {
 			n++
 		}
 	}

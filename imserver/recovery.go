@@ -119,6 +119,32 @@ func (c *conn) deliver(ch string, p wire.Position, f outFrame) bool {
 	return ok
 }
 
+// deliverRun is deliver for frames of one stream that arrived together
+// (ps their positions, nil or parallel to fs). Frames without positions on
+// a socket not held go out with one write (sockWriter.enqueueRun); others
+// take deliver's way one by one, through the writer goroutine so that
+// they still leave in one batch.
+func (c *conn) deliverRun(ch string, ps []wire.Position, fs []outFrame) bool {
+	positioned := false
+	for _, p := range ps {
+		positioned = positioned || !p.IsZero()
+	}
+	if !positioned && !c.hist.holding.Load() {
+		return c.w.enqueueRun(fs)
+	}
+	c.w.bursts.Add(1)
+	defer c.w.bursts.Add(-1)
+	ok := false
+	for i, f := range fs {
+		var p wire.Position
+		if i < len(ps) {
+			p = ps[i]
+		}
+		ok = c.deliver(ch, p, f) || ok
+	}
+	return ok
+}
+
 // holdLocked keeps a frame back; past the socket's queue bound the socket
 // is a slow consumer like one whose queue overflows.
 func (st *socketStreams) holdLocked(c *conn, h heldFrame) bool {

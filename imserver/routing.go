@@ -31,6 +31,40 @@ func (s *Server) route(m store.Message) {
 	}
 }
 
+// routeRun handles what a worker took together: a run of consecutive
+// channel messages of one channel, or of broadcasts, is fanned out once, so
+// that each socket gets the run with one write (conn.deliverRun); anything
+// else is routed alone.
+func (s *Server) routeRun(ms []store.Message) {
+	if len(ms) == 1 {
+		s.route(ms[0])
+		return
+	}
+	fs := make([]outFrame, 0, len(ms))
+	var ps []wire.Position
+	for _, m := range ms {
+		f, ok := s.frame(m)
+		if !ok {
+			continue
+		}
+		fs = append(fs, f)
+		if m.Kind == store.ToChannel {
+			s.metrics.messagesIn.WithLabelValues("channel").Inc()
+			p, _ := wire.FramePosition(f.b)
+			ps = append(ps, p)
+		} else {
+			s.metrics.messagesIn.WithLabelValues("broadcast").Inc()
+		}
+	}
+	switch {
+	case len(fs) == 0:
+	case ms[0].Kind == store.ToChannel:
+		s.hub.sendTopicRun(ms[0].Channel, ps, fs)
+	default:
+		s.hub.sendAllRun(fs)
+	}
+}
+
 // frame checks a channel or broadcast frame before it reaches browsers.
 func (s *Server) frame(m store.Message) (outFrame, bool) {
 	f := []byte(m.Payload)

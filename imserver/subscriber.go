@@ -22,13 +22,13 @@ type subscriber struct {
 	node     string
 	log      *slog.Logger
 	metrics  *metrics
-	timeout  time.Duration // one Redis command
-	grace    time.Duration // how long without a probe before unhealthy
-	handle   func(store.Message)
-	topics   func() []string     // channels with a local member
-	hasTopic func(string) bool   // whether a channel has a local member
-	onUp     func(resub bool)    // subscribed (again, with resub)
-	onDrop   func(store.Message) // a data message was dropped
+	timeout  time.Duration         // one Redis command
+	grace    time.Duration         // how long without a probe before unhealthy
+	handle   func([]store.Message) // a message, or a run of one channel's
+	topics   func() []string       // channels with a local member
+	hasTopic func(string) bool     // whether a channel has a local member
+	onUp     func(resub bool)      // subscribed (again, with resub)
+	onDrop   func(store.Message)   // a data message was dropped
 	workers  []*workQueue
 	backlog  *backlog // what every worker holds, against its bound
 	seed     maphash.Seed
@@ -70,7 +70,7 @@ func (s *Server) newSubscriber() *subscriber {
 		metrics:  s.metrics,
 		timeout:  s.cfg.RedisTimeout,
 		grace:    3 * s.cfg.ProbeInterval,
-		handle:   s.route,
+		handle:   s.routeRun,
 		topics:   s.hub.topicNames,
 		hasTopic: s.hub.hasTopic,
 		onUp: func(resub bool) {

@@ -61,8 +61,11 @@ func (q *workQueue) push(m store.Message, b *backlog, always bool) bool {
 // one (a backlog that has drained) goes back to the GC.
 const spareMax = 4096
 
-// work handles the queue's messages in order until ctx ends.
-func (q *workQueue) work(ctx context.Context, b *backlog, handle func(store.Message)) {
+// work handles the queue's messages in order until ctx ends. Consecutive
+// channel messages of one channel (or broadcasts), which wait together when
+// the node is behind, are handed over as one run, so that each socket gets
+// them with one write (routeRun); anything else goes alone.
+func (q *workQueue) work(ctx context.Context, b *backlog, handle func([]store.Message)) {
 	var spare []store.Message
 	for {
 		q.mu.Lock()
@@ -78,13 +81,22 @@ func (q *workQueue) work(ctx context.Context, b *backlog, handle func(store.Mess
 				return
 			}
 		}
-		for i, m := range batch {
-			handle(m)
-			b.bytes.Add(-msgCost(m))
-			batch[i] = store.Message{}            // let the payload go
-			if i%256 == 255 && ctx.Err() != nil { // a node stopping drops its backlog
+		for i := 0; i < len(batch); {
+			j := i + 1
+			if k := batch[i].Kind; k == store.ToChannel || k == store.ToBroadcast {
+				for j < len(batch) && j-i < maxRun && batch[j].Kind == k && batch[j].Channel == batch[i].Channel {
+					j++
+				}
+			}
+			handle(batch[i:j])
+			for _, m := range batch[i:j] {
+				b.bytes.Add(-msgCost(m))
+			}
+			clear(batch[i:j])                       // let the payloads go
+			if i/256 != j/256 && ctx.Err() != nil { // a node stopping drops its backlog
 				return
 			}
+			i = j
 		}
 		spare = nil
 		if cap(batch) <= spareMax {
@@ -92,3 +104,7 @@ func (q *workQueue) work(ctx context.Context, b *backlog, handle func(store.Mess
 		}
 	}
 }
+
+// maxRun bounds a run: the frames of one run go out in one write per
+// socket, and a socket's queue bound still applies to them together.
+const maxRun = 64

@@ -3,6 +3,7 @@ package imserver
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -35,9 +36,12 @@ func TestWorkQueueBounds(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		q.work(ctx, b, func(m store.Message) {
+		q.work(ctx, b, func(run []store.Message) {
+			if len(run) != 1 {
+				t.Errorf("node messages handed over %d at a time", len(run))
+			}
 			mu.Lock()
-			got = append(got, m.Payload)
+			got = append(got, run[0].Payload)
 			n := len(got)
 			mu.Unlock()
 			if n == len(took) {
@@ -59,5 +63,40 @@ func TestWorkQueueBounds(t *testing.T) {
 	q2 := newWorkQueue()
 	if !q2.push(msg(0), b2, false) || !q2.push(msg(1), b2, false) || q2.push(msg(2), b2, false) {
 		t.Fatal("per-worker message bound not applied")
+	}
+}
+
+// Consecutive messages of one channel that waited together are handed
+// over as one run; a message of another channel or kind ends the run.
+func TestWorkQueueRuns(t *testing.T) {
+	b := &backlog{maxBytes: 1 << 30, maxMsgs: 1 << 20}
+	q := newWorkQueue()
+	msgs := []store.Message{
+		{Kind: store.ToChannel, Channel: "a", Payload: "1"},
+		{Kind: store.ToChannel, Channel: "a", Payload: "2"},
+		{Kind: store.ToChannel, Channel: "a", Payload: "3"},
+		{Kind: store.ToChannel, Channel: "b", Payload: "4"},
+		{Kind: store.ToNode, Payload: "5"},
+		{Kind: store.ToNode, Payload: "6"},
+		{Kind: store.ToBroadcast, Payload: "7"},
+		{Kind: store.ToBroadcast, Payload: "8"},
+	}
+	for _, m := range msgs {
+		q.push(m, b, false)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var runs []string
+	q.work(ctx, b, func(run []store.Message) {
+		s := ""
+		for _, m := range run {
+			s += m.Payload
+		}
+		runs = append(runs, s)
+		if len(runs) == 5 {
+			cancel()
+		}
+	})
+	if got := strings.Join(runs, " "); got != "123 4 5 6 78" {
+		t.Fatalf("runs %q, want \"123 4 5 6 78\"", got)
 	}
 }
