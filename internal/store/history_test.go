@@ -77,6 +77,67 @@ func TestPublishKept(t *testing.T) {
 	}
 }
 
+// A kept batch is one script run and one PUBLISH: every send's copies are
+// appended in order (offsets count up per stream across the batch) and
+// the batch carries each send's positions, as the sends would on their
+// own.
+func TestPublishKeptBatches(t *testing.T) {
+	st := newTestStore(t)
+	ctx := context.Background()
+	got := make(chan string, 4)
+	go func() {
+		_ = st.rc.Receive(ctx, st.rc.B().Subscribe().Channel(st.k.nodeChannel("n1")).Build(), func(m rueidisMsg) { got <- m.Message })
+	}()
+	waitSubscribed(t, st, st.k.nodeChannel("n1"))
+	keep := Keep{Size: 10, TTL: time.Minute}
+	frame := func(id string) []byte { return []byte(`{"type":"message","id":"` + id + `"}`) }
+	b := KeptBatch{Node: "n1", Version: wire.BatchVersion, Sends: []KeptNodeMessage{
+		{Header: wire.NodeMsg{Kind: wire.KindSend, To: []string{"bob"}, ID: "1"}, Frame: frame("1"), Keep: []Keep{keep}},
+		{Header: wire.NodeMsg{Kind: wire.KindSend, To: []string{"bob", "carol"}, Echo: "alice", Receipt: "alice", ID: "2"},
+			Frame: frame("2"), EchoFrame: []byte(`{"type":"message","id":"2","to":["bob","carol"]}`), Keep: []Keep{keep, {}, keep}},
+		{Header: wire.NodeMsg{Kind: wire.KindSend, To: []string{"bob"}, ID: "3"}, Frame: frame("3"), Keep: []Keep{keep}},
+	}}
+	res := st.PublishKeptBatches(ctx, b)
+	if len(res) != 1 || res[0].Err != nil || len(res[0].Pos) != 3 {
+		t.Fatalf("result %+v", res)
+	}
+	pos := res[0].Pos
+	if pos[0][0].Offset != 1 || pos[1][0].Offset != 2 || !pos[1][1].IsZero() || pos[1][2].Offset != 1 || pos[2][0].Offset != 3 {
+		t.Fatalf("positions %+v", pos)
+	}
+	msg := <-got
+	h, _, err := wire.DecodeNodeMsg([]byte(msg))
+	if err != nil || h.Kind != wire.KindBatch || len(h.Sends) != 3 {
+		t.Fatalf("published %q: %+v %v", msg, h, err)
+	}
+	for i, s := range h.Sends {
+		want := b.Sends[i]
+		if s.Header.ID != want.Header.ID || string(s.Frame) != string(want.Frame) || string(s.Echo) != string(want.EchoFrame) || len(s.Header.Pos) != len(want.Header.To) {
+			t.Fatalf("send %d: %+v, want %+v", i, s, want)
+		}
+		for j := range s.Header.Pos {
+			if s.Header.Pos[j] != pos[i][j].String() {
+				t.Fatalf("send %d receiver %d: pos %q, returned %v", i, j, s.Header.Pos[j], pos[i][j])
+			}
+		}
+	}
+	if h.Sends[1].Header.EchoPos != pos[1][2].String() || h.Sends[1].Header.Receipt != "alice" {
+		t.Fatalf("echo send %+v", h.Sends[1].Header)
+	}
+	r, err := st.ReadHistory(ctx, HistoryRequest{Stream: Stream{Client: "bob"}, After: 0, Limit: 10})
+	if err != nil || len(r[0].Entries) != 3 || string(r[0].Entries[2].Frame) != string(frame("3")) {
+		t.Fatalf("bob's stream %+v %v", r, err)
+	}
+	// One PUBLISH: the next message on the channel is a marker sent after.
+	marker := wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindProbe, Nonce: "marker"})
+	if err := st.PublishNodes(ctx, NodeMessage{Node: "n1", Msg: marker}); err != nil {
+		t.Fatal(err)
+	}
+	if m := <-got; m != string(marker) {
+		t.Fatalf("a second publish: %q", m)
+	}
+}
+
 // A channel send publishes the frame with its position spliced in; losing
 // the meta starts a new epoch and clears the old entries.
 func TestChannelKeptAndEpoch(t *testing.T) {
