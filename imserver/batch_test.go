@@ -52,13 +52,15 @@ func startMonitor(t *testing.T, rs *redistest.Server) *monitor {
 			m.lines <- sc.Text()
 		}
 	}()
-	m.until(t, "monitor-start") // from here on every command is seen
+	// From the first ECHO MONITOR shows on, it sees every command. (The
+	// first may be sent before it is on: they are sent until one shows.)
+	m.until(t, "monitor-start", true)
 	return m
 }
 
-// until sends ECHO marker until MONITOR shows it (the first may be sent
-// before MONITOR is on), returning the lines before it.
-func (m *monitor) until(t *testing.T, marker string) []string {
+// until sends ECHO marker (again every 100 ms if resend) until MONITOR
+// shows it, and returns the lines before it.
+func (m *monitor) until(t *testing.T, marker string, resend bool) []string {
 	t.Helper()
 	var out []string
 	deadline := time.After(30 * time.Second)
@@ -78,7 +80,7 @@ func (m *monitor) until(t *testing.T, marker string) []string {
 			}
 			out = append(out, l)
 		case <-tick.C:
-			if len(out) == 0 { // MONITOR may not have been on for the first
+			if resend {
 				_, _ = m.rs.Exec("ECHO", marker)
 			}
 		case <-deadline:
@@ -92,7 +94,7 @@ func (m *monitor) until(t *testing.T, marker string) []string {
 // issued.
 func sendKeptRuns(t *testing.T, lines []string) (runs, scriptPublishes, scriptLoads int) {
 	t.Helper()
-	var src []byte
+	src := []byte("#!lua\n")                                     // refused at maxmemory (store.newFlaggedScript)
 	for _, f := range []string{"history.lua", "send_kept.lua"} { // store.NewRedis prepends history.lua
 		b, err := os.ReadFile("../internal/store/lua/" + f)
 		if err != nil {
@@ -175,7 +177,7 @@ func TestSendMessagesOnePublishPerNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	pubs := publishCalls(t, c) - before
-	lines := mon.until(t, "monitor-stop")
+	lines := mon.until(t, "monitor-stop", false)
 	if len(sent) != len(msgs) {
 		t.Fatalf("%d results for %d messages", len(sent), len(msgs))
 	}
@@ -474,4 +476,47 @@ func waitNodes(t *testing.T, c *cluster, want int) {
 		}
 		return nil
 	})
+}
+
+// With Redis at maxmemory a batch is still delivered, as SendMessage is:
+// Redis refuses the appends, the nodes' shares are published without
+// history, at most once, and the results carry no positions. Once Redis
+// has room, messages are kept again.
+func TestSendMessagesRedisFull(t *testing.T) {
+	c := startCluster(t, 3, nil)
+	var ws []*wsClient
+	var msgs []imhelper.Outgoing
+	for i := range 9 {
+		w := c.connect(fmt.Sprintf("rf-%d", i), "")
+		ws = append(ws, w)
+		msgs = append(msgs, imhelper.Outgoing{From: "feed", To: []string{w.id}, Payload: strconv.Itoa(i)})
+	}
+	fill(t, c.redis)
+	sent, err := c.helper.SendMessages(bg, msgs)
+	if err != nil {
+		t.Fatalf("SendMessages while full: %v", err)
+	}
+	for i, w := range ws {
+		f := w.nextData(t)
+		if f.ID != sent[i].ID || f.Offset != 0 || len(sent[i].Positions) != 0 {
+			t.Fatalf("%s: %+v, result %+v; want the message without a position", w.id, f, sent[i])
+		}
+	}
+	one, err := c.helper.SendMessageResult(bg, "feed", []string{ws[0].id}, `"one"`)
+	if err != nil {
+		t.Fatalf("SendMessage while full: %v", err)
+	}
+	if f := ws[0].nextData(t); f.ID != one.ID || f.Offset != 0 || len(one.Positions) != 0 {
+		t.Fatalf("SendMessage while full: %+v, result %+v; want the message without a position", f, one)
+	}
+	unfill(t, c.redis)
+	sent, err = c.helper.SendMessages(bg, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range ws {
+		if f := w.nextData(t); f.ID != sent[i].ID || f.Offset == 0 || f.Offset != sent[i].Positions[w.id].Offset {
+			t.Fatalf("%s after Redis made room: %+v, result %+v", w.id, f, sent[i])
+		}
+	}
 }

@@ -153,7 +153,7 @@ func (r *Redis) PublishKeptBatches(ctx context.Context, batches ...KeptBatch) []
 		execs[i] = r.keptExec(&batches[i])
 	}
 	out := make([]KeptResult, len(batches))
-	for i, res := range r.sendKept.ExecMulti(ctx, r.rc, execs...) {
+	for i, res := range r.sendKept.execMulti(ctx, r.rc, execs...) {
 		arr, err := res.AsStrSlice()
 		if err != nil {
 			out[i].Err = full(err)
@@ -227,7 +227,7 @@ func splitPositions(arr []string, sends []KeptNodeMessage) ([][]wire.Position, e
 // PublishChannelKept implements History.
 func (r *Redis) PublishChannelKept(ctx context.Context, ch string, frame []byte, k Keep) (wire.Position, error) {
 	stream, meta := r.k.history(Stream{Channel: ch})
-	s, err := r.chanKept.Exec(ctx, r.rc, []string{stream, meta},
+	s, err := r.chanKept.execResult(ctx, r.rc, []string{stream, meta},
 		[]string{r.k.topicChannel(ch), string(frame), strconv.Itoa(k.Size), ms(k.TTL), ms(metaTTL), wire.NewEpoch()}).ToString()
 	if err != nil {
 		return wire.Position{}, full(err)

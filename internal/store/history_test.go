@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -192,5 +193,59 @@ func waitSubscribed(t *testing.T, st *Redis, channel string) {
 			t.Fatalf("no subscriber on %s: %v", channel, err)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// At maxmemory Redis refuses the kept sends before they run: nothing is
+// appended, nothing published, and the error is ErrRedisFull, so that
+// imhelper publishes plainly. (Without the "#!lua" line Redis refused a
+// script only at its first command that may grow memory, and these ran a
+// DEL or PEXPIRE first: they appended past maxmemory.) PUBLISH itself
+// still works.
+func TestKeptScriptsRefusedAtMaxmemory(t *testing.T) {
+	st := newTestStore(t)
+	ctx := context.Background()
+	got := make(chan string, 4)
+	go func() {
+		_ = st.rc.Receive(ctx, st.rc.B().Subscribe().Channel(st.k.nodeChannel("n1")).Build(), func(m rueidisMsg) { got <- m.Message })
+	}()
+	waitSubscribed(t, st, st.k.nodeChannel("n1"))
+	setMaxmemory := func(v string) {
+		t.Helper()
+		if err := st.rc.Do(ctx, st.rc.B().ConfigSet().ParameterValue().ParameterValue("maxmemory", v).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keep := Keep{Size: 10, TTL: time.Minute}
+	send := KeptNodeMessage{Header: wire.NodeMsg{Kind: wire.KindSend, To: []string{"bob"}, ID: "1"}, Frame: []byte(`{"type":"message"}`), Keep: []Keep{keep}}
+	setMaxmemory("1") // every byte Redis holds is over
+	res := st.PublishKeptBatches(ctx, KeptBatch{Node: "n1", Version: wire.BatchVersion, Sends: []KeptNodeMessage{send, send}}, KeptBatch{Node: "n1", Sends: []KeptNodeMessage{send}})
+	for i, r := range res {
+		if !errors.Is(r.Err, ErrRedisFull) {
+			t.Errorf("batch %d at maxmemory: %+v, want ErrRedisFull", i, r)
+		}
+	}
+	if _, err := st.PublishKept(ctx, send); !errors.Is(err, ErrRedisFull) {
+		t.Errorf("PublishKept at maxmemory: %v", err)
+	}
+	if _, err := st.PublishChannelKept(ctx, "room", []byte(`{"type":"channel"}`), keep); !errors.Is(err, ErrRedisFull) {
+		t.Errorf("PublishChannelKept at maxmemory: %v", err)
+	}
+	marker := wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindProbe, Nonce: "marker"})
+	if err := st.PublishNodes(ctx, NodeMessage{Node: "n1", Msg: marker}); err != nil {
+		t.Fatalf("PUBLISH at maxmemory: %v", err)
+	}
+	if m := <-got; m != string(marker) {
+		t.Fatalf("a refused script published %q", m)
+	}
+	setMaxmemory("0")
+	for _, s := range []Stream{{Client: "bob"}, {Channel: "room"}} {
+		stream, _ := st.k.history(s)
+		if n, err := st.rc.Do(ctx, st.rc.B().Exists().Key(stream).Build()).AsInt64(); err != nil || n != 0 {
+			t.Errorf("%s was appended to at maxmemory (%d, %v)", stream, n, err)
+		}
+	}
+	if res := st.PublishKeptBatches(ctx, KeptBatch{Node: "n1", Sends: []KeptNodeMessage{send}}); res[0].Err != nil || res[0].Pos[0][0].Offset != 1 {
+		t.Fatalf("once Redis has room: %+v", res)
 	}
 }
