@@ -7,22 +7,26 @@ import (
 	"unsafe"
 )
 
+// testBatch is the example of docs/protocol.md §9, "The batch".
 func testBatch() []BatchSend {
+	const id1, id2 = "01JDBR5980X6T9M2R4B5C7E8FA", "01JDBR59A1B2C3D4E5F6G7H8JK"
 	return []BatchSend{
-		{Header: NodeMsg{Kind: KindSend, To: []string{"bob"}, ID: "m1"}, Frame: []byte(`{"type":"message","id":"m1"}`)},
-		{Header: NodeMsg{Kind: KindSend, To: []string{"bob", "carol"}, Echo: "alice", Receipt: "alice", ID: "m2", Pos: []string{"Xk3fQ2ab-_1.17", ""}, EchoPos: "Qw7_a1b2c3d.4"},
-			Frame: []byte(`{"type":"message","id":"m2"}`), Echo: []byte(`{"type":"message","id":"m2","to":["bob","carol"]}`)},
+		{Header: NodeMsg{Kind: KindSend, To: []string{"bob"}, ID: id1, Pos: []string{"Xk3fQ2ab-_1.17"}},
+			Frame: MessageFrame(id1, "feed", nil, 1732340000000, []byte(`{"n":1}`))},
+		{Header: NodeMsg{Kind: KindSend, To: []string{"bob", "carol"}, Echo: "alice", Receipt: "alice", ID: id2, Pos: []string{"Xk3fQ2ab-_1.18", ""}, EchoPos: "Qw7_a1b2c3d.4"},
+			Frame: MessageFrame(id2, "alice", nil, 1732340000001, []byte(`{"text":"hi"}`)),
+			Echo:  MessageFrame(id2, "alice", []string{"bob", "carol"}, 1732340000001, []byte(`{"text":"hi"}`))},
 	}
 }
 
 // The bytes of a batch, as docs/protocol.md §9 shows them.
 func TestBatchGolden(t *testing.T) {
-	want := `{"v":2,"k":"batch"}` + "\n" +
-		`{"k":"send","to":["bob"],"id":"m1"}` + "\n" +
-		`{"type":"message","id":"m1"}` + "\n" +
-		`{"k":"send","to":["bob","carol"],"echo":"alice","rcpt":"alice","id":"m2","pos":["Xk3fQ2ab-_1.17",""],"epos":"Qw7_a1b2c3d.4"}` + "\n" +
-		`{"type":"message","id":"m2"}` + "\n" +
-		`{"type":"message","id":"m2","to":["bob","carol"]}`
+	want := `{"v":2,"k":"batch"}
+{"k":"send","to":["bob"],"id":"01JDBR5980X6T9M2R4B5C7E8FA","pos":["Xk3fQ2ab-_1.17"]}
+{"type":"message","id":"01JDBR5980X6T9M2R4B5C7E8FA","from":"feed","ts":1732340000000,"data":{"n":1}}
+{"k":"send","to":["bob","carol"],"echo":"alice","rcpt":"alice","id":"01JDBR59A1B2C3D4E5F6G7H8JK","pos":["Xk3fQ2ab-_1.18",""],"epos":"Qw7_a1b2c3d.4"}
+{"type":"message","id":"01JDBR59A1B2C3D4E5F6G7H8JK","from":"alice","ts":1732340000001,"data":{"text":"hi"}}
+{"type":"message","id":"01JDBR59A1B2C3D4E5F6G7H8JK","from":"alice","to":["bob","carol"],"ts":1732340000001,"data":{"text":"hi"}}`
 	if got := string(EncodeBatch(0, testBatch())); got != want {
 		t.Fatalf("got\n%s\nwant\n%s", got, want)
 	}
