@@ -7,6 +7,7 @@
 //	go run ./imbench -scenario connect -conns 15000 -dialers 200
 //	go run ./imbench -scenario fanout -members 10000 -rates 1,10,20,30
 //	go run ./imbench -scenario p2p -conns 10000 -rates 10000,50000,100000
+//	go run ./imbench -scenario p2p -conns 10000 -rates 10000,50000,100000 -batch 16
 //	go run ./imbench -scenario burst -conns 10000
 //	go run ./imbench -scenario storm -conns 10000 -missed 10
 //
@@ -40,6 +41,7 @@ type options struct {
 	step       time.Duration
 	drain      time.Duration
 	publishers int
+	batch      int
 	window     time.Duration
 	timeout    time.Duration
 	maxP99     time.Duration
@@ -89,6 +91,7 @@ func main() {
 	fs.DurationVar(&o.step, "step", 10*time.Second, "duration of one rate step")
 	fs.DurationVar(&o.drain, "drain", 5*time.Second, "longest wait for a step's last deliveries")
 	fs.IntVar(&o.publishers, "publishers", 64, "concurrent publishers (p2p)")
+	fs.IntVar(&o.batch, "batch", 1, "p2p: messages per send call: 1 sends each with SendMessage, N > 1 sends N at a time with SendMessages")
 	fs.DurationVar(&o.window, "window", 30*time.Second, "idle measurement window (longer than the ping interval)")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "hard deadline of the whole run")
 	fs.DurationVar(&o.maxP99, "max-p99", time.Second, "stop raising the rate after a step whose p99 is above this or that lost messages")

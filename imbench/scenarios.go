@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/imbroker/imbroker/imhelper"
 )
 
 func kib(b float64) string { return fmt.Sprintf("%.1f", b/1024) }
@@ -396,7 +398,8 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 	return t, rows, nil
 }
 
-// p2p: SendMessage to random online clients from several publishers.
+// p2p: SendMessage to random online clients from several publishers; with
+// -batch N, SendMessages of N such messages at a time.
 func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 	load0 := loadavg()
 	rates, err := parseRates(e.o.rates, "5000,10000,20000,40000,60000,80000,100000")
@@ -415,7 +418,12 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 		return nil, nil, err
 	}
 	var seq atomic.Int64
-	t := rateTable(fmt.Sprintf("p2p: %d clients, %d publishers, %d-byte payload, %s steps", C, e.o.publishers, e.o.payload, e.o.step), "msg/s")
+	B := max(e.o.batch, 1)
+	title := fmt.Sprintf("p2p: %d clients, %d publishers, %d-byte payload, %s steps", C, e.o.publishers, e.o.payload, e.o.step)
+	if B > 1 {
+		title += fmt.Sprintf(", SendMessages of %d", B)
+	}
+	t := rateTable(title, "msg/s")
 	var rows []plotRow
 	P := e.o.publishers
 	for i, rate := range rates {
@@ -440,6 +448,10 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 					mine++
 				}
 				perPub := rate / float64(P)
+				if B > 1 {
+					e.p2pBatches(ctx, B, mine, from, rng, C, k, p, P, perPub, r.start, &seq, &sent, &errs)
+					return
+				}
 				for j := 0; j < mine && ctx.Err() == nil; j++ {
 					due := r.start.Add(time.Duration((float64(j) + float64(p)/float64(P)) / perPub * float64(time.Second)))
 					if d := time.Until(due); d > 0 {
@@ -478,8 +490,45 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 		}
 	}
 	t.Notes = append(t.Notes, "latency: from the send time in the payload (ns, taken just before SendMessage) to the receiving load process reading the frame; receivers are uniform random; \"sent msg/s\" is what the publishers achieved")
+	if B > 1 {
+		t.Notes = append(t.Notes, fmt.Sprintf("-batch %d: each publisher sends its messages %d per SendMessages call, when the last of them is due, all stamped with that call's send time; sent, lost and dup count messages (a failed call counts all of its messages as errors, although part of it may have been delivered)", B, B))
+	}
 	e.note(t, load0)
 	return t, rows, nil
+}
+
+// p2pBatches is one p2p publisher's step with -batch B: its mine messages,
+// B per SendMessages call, each to a random client and numbered from seq
+// like SendMessage's, so that the receivers' loss and duplicate accounting
+// is the same. A call goes when the last of its messages is due on the
+// publisher's schedule, so the step's rate is the target's.
+func (e *env) p2pBatches(ctx context.Context, B, mine int, from string, rng *rand.Rand, C, step, p, P int, perPub float64,
+	start time.Time, seq, sent, errs *atomic.Int64) {
+	bufs := make([][]byte, B)
+	msgs := make([]imhelper.Outgoing, B)
+	for j := 0; j < mine && ctx.Err() == nil; {
+		n := min(B, mine-j)
+		last := j + n - 1
+		due := start.Add(time.Duration((float64(last) + float64(p)/float64(P)) / perPub * float64(time.Second)))
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		now := time.Now().UnixNano()
+		for x := range n {
+			to := rng.IntN(C)
+			sq := int(seq.Add(1) - 1)
+			// Each message its own buffer: SendMessages reads every
+			// payload before it returns, so they are reused next call.
+			bufs[x] = appendPayload(bufs[x][:0], step, sq, now, to, e.o.payload)
+			msgs[x] = imhelper.Outgoing{From: from, To: []string{"c" + strconv.Itoa(to)}, Payload: bufs[x]}
+		}
+		if _, err := e.helper.SendMessages(ctx, msgs[:n]); err != nil {
+			errs.Add(int64(n))
+		} else {
+			sent.Add(int64(n))
+		}
+		j += n
+	}
 }
 
 // storm: C clients connect, their sockets drop, each is sent -missed

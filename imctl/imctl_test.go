@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/imbroker/imbroker/imserver"
+	"github.com/imbroker/imbroker/internal/wire"
 )
 
 // unreachable is a Redis URL nothing listens on: commands that must fail
@@ -129,7 +130,7 @@ func TestOneShotCommands(t *testing.T) {
 		}
 		for i, n := range nodes {
 			srv := d.nodes[i]
-			if n.ID != srv.NodeID() || n.URL != srv.PublicURL() || n.Draining || n.Clients != clients[n.ID] || n.Proto != 1 {
+			if n.ID != srv.NodeID() || n.URL != srv.PublicURL() || n.Draining || n.Clients != clients[n.ID] || n.Proto != wire.NodeMsgVersion {
 				t.Errorf("node %d = %+v, want %s at %s with %d clients", i, n, srv.NodeID(), srv.PublicURL(), clients[n.ID])
 			}
 			if n.LeaseMS <= 0 || n.LeaseMS > 5000 {

@@ -3,6 +3,7 @@ package imhelper_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -66,6 +67,50 @@ func ExampleClient_SendMessage() {
 	// {"type":"message","from":"alice","data":{"text":"hi"}}
 	// {"type":"receipt","to":"bob","status":"delivered"}
 	// {"type":"receipt","to":"carol","status":"offline"}
+}
+
+// A batch of different messages to different clients: one PUBLISH per
+// owning node for the whole batch, each receiver getting its messages in
+// batch order, and options per message.
+func ExampleClient_SendMessages() {
+	im, stop := startEmbedded()
+	defer stop()
+	alice, bob := connect(im, "alice"), connect(im, "bob")
+	defer alice.CloseNow()
+	defer bob.CloseNow()
+
+	sent, err := im.SendMessages(context.Background(), []imhelper.Outgoing{
+		{From: "feed", To: []string{"alice"}, Payload: map[string]int{"unread": 3}},
+		{From: "feed", To: []string{"bob"}, Payload: map[string]int{"unread": 1}},
+		{From: "feed", To: []string{"alice", "bob"}, Payload: `{"text":"maintenance at 22:00"}`},
+		{From: "alice", To: []string{"bob"}, Payload: `{"text":"see you"}`, Opts: []imhelper.SendOption{imhelper.WithReceipt()}},
+	})
+	check(err)
+	fmt.Println(len(sent), "messages")
+
+	printFrame(alice.Conn)
+	printFrame(alice.Conn)
+	printFrame(bob.Conn)
+	printFrame(bob.Conn)
+	printFrame(bob.Conn)
+	printFrame(alice.Conn)
+
+	// An invalid message fails the whole batch; nothing is sent.
+	_, err = im.SendMessages(context.Background(), []imhelper.Outgoing{
+		{From: "feed", To: []string{"alice"}, Payload: `1`},
+		{From: "feed", To: []string{"not valid"}, Payload: `2`},
+	})
+	var me *imhelper.MessageError
+	fmt.Println(errors.As(err, &me), me.Index, errors.Is(err, imhelper.ErrInvalidClientID))
+	// Output:
+	// 4 messages
+	// {"type":"message","from":"feed","data":{"unread":3}}
+	// {"type":"message","from":"feed","data":{"text":"maintenance at 22:00"}}
+	// {"type":"message","from":"feed","data":{"unread":1}}
+	// {"type":"message","from":"feed","data":{"text":"maintenance at 22:00"}}
+	// {"type":"message","from":"alice","data":{"text":"see you"}}
+	// {"type":"receipt","to":"bob","status":"delivered"}
+	// true 1 true
 }
 
 // A channel message reaches every member's sockets with one PUBLISH.

@@ -177,14 +177,62 @@ func (c *Client) SendMessageResult(ctx context.Context, from string, to []string
 // sendMessage is SendMessage's work, inside a call.
 func (c *Client) sendMessage(ctx context.Context, from string, to []string, m message, o sendOptions) (Sent, error) {
 	v := c.nodes(ctx)
-	nodes := v.ids
-	if len(nodes) == 0 {
+	if len(v.ids) == 0 {
 		return Sent{}, ErrNoNodes
 	}
-	frame := wire.MessageFrame(m.id, from, nil, m.ts, m.data)
+	p := c.plan(v, from, to, m, o)
+	msgs := p.msgs
+	sent := Sent{ID: m.id}
+	publishPlain := func() (Sent, error) { // at most once: one PUBLISH per node
+		plain := make([]store.NodeMessage, len(msgs))
+		for i := range msgs {
+			plain[i] = plainMessage(store.KeptBatch{Node: msgs[i].Node, Sends: msgs[i : i+1]})
+		}
+		if err := c.st.PublishNodes(ctx, plain...); err != nil {
+			return Sent{}, fmt.Errorf("failed to publish: %w", err)
+		}
+		return sent, nil
+	}
+	if !p.kept {
+		return publishPlain()
+	}
+	pos, err := c.st.PublishKept(ctx, msgs...)
+	if errors.Is(err, store.ErrRedisFull) && len(msgs) == 1 {
+		// Redis refuses writes at maxmemory, but PUBLISH needs no memory:
+		// the message is still delivered to who is connected, at most
+		// once, with no position (Sent.Positions stays empty). A send to
+		// several nodes may have been kept by some scripts already, so it
+		// is not published again.
+		c.log.Warn("redis is full: message delivered without history", "id", m.id)
+		return publishPlain()
+	}
+	if err != nil {
+		return Sent{}, fmt.Errorf("failed to publish: %w", err)
+	}
+	sent.Positions = make(map[string]Position, len(p.receivers))
+	for i := range msgs {
+		sent.addPositions(&msgs[i], pos[i])
+	}
+	return sent, nil
+}
 
-	// Group receivers by owner (groups[i] for nodes[i]); the sender's owner
-	// gets the echo and the receipts' address.
+// msgPlan is one message grouped by owner: a send per node that owns a
+// receiver or, with echo, the sender (msgs[i] for nodes[node[i]]), in node
+// order.
+type msgPlan struct {
+	receivers []string // without duplicates, in the caller's order
+	msgs      []store.KeptNodeMessage
+	node      []int
+	kept      bool // some copy keeps history
+}
+
+// plan groups a message's receivers by owner in view v (which has nodes):
+// every group gets the frame, with receipts the sender as rcpt, and the
+// group of the sender's owner (created if needed, possibly with no
+// receivers) the echo copy.
+func (c *Client) plan(v *nodeView, from string, to []string, m message, o sendOptions) msgPlan {
+	nodes := v.ids
+	frame := wire.MessageFrame(m.id, from, nil, m.ts, m.data)
 	groups := make([]wire.NodeMsg, len(nodes))
 	receivers := to
 	if len(to) > 1 { // drop duplicates, keeping the order
@@ -209,8 +257,7 @@ func (c *Client) sendMessage(ctx context.Context, from string, to []string, m me
 		groups[wire.OwnerIndex(from, nodes)].Echo = from
 		echo = wire.MessageFrame(m.id, from, receivers, m.ts, m.data)
 	}
-	kept := false
-	var msgs []store.KeptNodeMessage
+	p := msgPlan{receivers: receivers}
 	for i := range groups {
 		g := &groups[i]
 		if len(g.To) == 0 && g.Echo == "" {
@@ -226,53 +273,46 @@ func (c *Client) sendMessage(ctx context.Context, from string, to []string, m me
 			km.Keep = append(km.Keep, c.clientKeep(from))
 		}
 		for _, k := range km.Keep {
-			kept = kept || k.On()
+			p.kept = p.kept || k.On()
 		}
-		msgs = append(msgs, km)
+		p.msgs = append(p.msgs, km)
+		p.node = append(p.node, i)
 	}
-	sent := Sent{ID: m.id}
-	publishPlain := func() (Sent, error) { // at most once: one PUBLISH per node
-		plain := make([]store.NodeMessage, len(msgs))
-		for i, km := range msgs {
-			if km.EchoFrame != nil {
-				plain[i] = store.NodeMessage{Node: km.Node, Msg: wire.EncodeNodeMsg(km.Header, frame, echo)}
-			} else {
-				plain[i] = store.NodeMessage{Node: km.Node, Msg: wire.EncodeNodeMsg(km.Header, frame)}
-			}
-		}
-		if err := c.st.PublishNodes(ctx, plain...); err != nil {
-			return Sent{}, fmt.Errorf("failed to publish: %w", err)
-		}
-		return sent, nil
+	return p
+}
+
+// addPositions records what one send of the message kept: pos has a slot
+// per receiver of km, then one for its echo.
+func (s *Sent) addPositions(km *store.KeptNodeMessage, pos []wire.Position) {
+	if s.Positions == nil {
+		s.Positions = make(map[string]Position, len(km.Header.To))
 	}
-	if !kept {
-		return publishPlain()
-	}
-	pos, err := c.st.PublishKept(ctx, msgs...)
-	if errors.Is(err, store.ErrRedisFull) && len(msgs) == 1 {
-		// Redis refuses writes at maxmemory, but PUBLISH needs no memory:
-		// the message is still delivered to who is connected, at most
-		// once, with no position (Sent.Positions stays empty). A send to
-		// several nodes may have been kept by some scripts already, so it
-		// is not published again.
-		c.log.Warn("redis is full: message delivered without history", "id", m.id)
-		return publishPlain()
-	}
-	if err != nil {
-		return Sent{}, fmt.Errorf("failed to publish: %w", err)
-	}
-	sent.Positions = make(map[string]Position, len(receivers))
-	for i, km := range msgs {
-		for j, r := range km.Header.To {
-			if !pos[i][j].IsZero() {
-				sent.Positions[r] = Position(pos[i][j])
-			}
-		}
-		if km.Header.Echo != "" {
-			sent.Echo = Position(pos[i][len(km.Header.To)])
+	for j, r := range km.Header.To {
+		if !pos[j].IsZero() {
+			s.Positions[r] = Position(pos[j])
 		}
 	}
-	return sent, nil
+	if km.Header.Echo != "" {
+		s.Echo = Position(pos[len(km.Header.To)])
+	}
+}
+
+// plainMessage is b published without history: its one send as a send
+// node message (Version 0), or a batch.
+func plainMessage(b store.KeptBatch) store.NodeMessage {
+	if b.Version == 0 {
+		km := &b.Sends[0]
+		if km.EchoFrame != nil {
+			return store.NodeMessage{Node: b.Node, Msg: wire.EncodeNodeMsg(km.Header, km.Frame, km.EchoFrame)}
+		}
+		return store.NodeMessage{Node: b.Node, Msg: wire.EncodeNodeMsg(km.Header, km.Frame)}
+	}
+	sends := make([]wire.BatchSend, len(b.Sends))
+	for i := range b.Sends {
+		km := &b.Sends[i]
+		sends[i] = wire.BatchSend{Header: km.Header, Frame: km.Frame, Echo: km.EchoFrame}
+	}
+	return store.NodeMessage{Node: b.Node, Msg: wire.EncodeBatch(b.Version, sends)}
 }
 
 // SendChanMessage sends payload to every online member of channel ch with

@@ -2,6 +2,7 @@ package imhelper_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -62,4 +63,67 @@ func BenchmarkSendMessage(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkSendMessages is SendMessages against a real redis-server with
+// three registered nodes, each subscribed: batches of n messages, each to
+// its own receiver (per-user feeds), against the same messages sent one
+// SendMessage at a time (batch=1 is SendMessage). ns/msg is the figure to
+// compare; with history each batch is one send_kept.lua run per node.
+//
+//	go test -run '^$' -bench BenchmarkSendMessages -benchmem ./imhelper/
+func BenchmarkSendMessages(b *testing.B) {
+	ctx := context.Background()
+	r := redistest.Start(b)
+	rc, err := store.Dial(r.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rc.Close()
+	st := store.NewRedis(rc, store.Options{})
+	for _, id := range []string{"n1", "n2", "n3"} {
+		sub, err := st.Subscribe(ctx, id, func(store.Message) {})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sub.Close()
+		if _, err := st.WriteLease(ctx, wire.NodeInfo{ID: id, URL: "ws://" + id + ".invalid/ws", Proto: wire.NodeMsgVersion}, time.Hour); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, hist := range []struct {
+		name string
+		opt  *imhelper.HistoryOptions
+	}{{"history=on", nil}, {"history=off", &imhelper.HistoryOptions{Clients: []imhelper.HistoryRule{{}}}}} {
+		im, err := imhelper.New(ctx, imhelper.Options{RedisURL: r.URL(), Logger: testnode.Quiet(), History: hist.opt})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer im.Close()
+		if len(im.Nodes()) != 3 {
+			b.Fatalf("nodes %v", im.Nodes())
+		}
+		payload := []byte(`{"k":1,"s":42,"t":1732340000123456789,"r":7,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+		for _, n := range []int{1, 16, 64} {
+			msgs := make([]imhelper.Outgoing, n)
+			for i := range msgs {
+				msgs[i] = imhelper.Outgoing{From: "feed", To: []string{"user-" + strconv.Itoa(i)}, Payload: payload}
+			}
+			b.Run(hist.name+"/batch="+strconv.Itoa(n), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if n == 1 {
+						if _, err := im.SendMessage(ctx, msgs[0].From, msgs[0].To, payload); err != nil {
+							b.Fatal(err)
+						}
+						continue
+					}
+					if _, err := im.SendMessages(ctx, msgs); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/msg")
+			})
+		}
+	}
 }

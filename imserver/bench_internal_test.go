@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
@@ -112,6 +113,34 @@ func BenchmarkHandleNodeMsgSend(b *testing.B) {
 			b.StartTimer()
 		}
 	}
+}
+
+// BenchmarkHandleNodeMsgBatch is the same path for a batch of 16 sends,
+// each to one local receiver: ns/send and allocs/send against
+// BenchmarkHandleNodeMsgSend are what a carried send costs the node.
+func BenchmarkHandleNodeMsgBatch(b *testing.B) {
+	s := benchServer()
+	s.cfg.NodeID = "n1"
+	conns := benchConns(s, 1000, "")
+	const sends = 16
+	batch := make([]wire.BatchSend, sends)
+	for i := range batch {
+		id := wire.NewID(time.UnixMilli(1732340000000))
+		batch[i] = wire.BatchSend{Header: wire.NodeMsg{Kind: wire.KindSend, ID: id, To: []string{"client-" + strconv.Itoa(i*7)}},
+			Frame: wire.MessageFrame(id, "alice", nil, 1732340000000, benchPayload)}
+	}
+	m := store.Message{Kind: store.ToNode, Payload: string(wire.EncodeBatch(0, batch))}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		s.route(m)
+		if i++; i%256 == 0 {
+			b.StopTimer()
+			resetQueues(conns)
+			b.StartTimer()
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*sends), "ns/send")
 }
 
 // BenchmarkConnEnqueue is one frame onto one socket's queue.

@@ -93,37 +93,17 @@ func (s *Server) handleNodeMsg(payload []byte) {
 	s.metrics.messagesIn.WithLabelValues(h.Kind).Inc()
 	switch h.Kind {
 	case wire.KindSend:
-		f := outFrame{b: frames[0], ts: wire.FrameTS(frames[0])}
-		var receipts [][]byte
-		var missing []forward
-		fwd := s.forwarding()
-		for i, to := range h.To {
-			p, pf := positioned(f, h.Pos, i)
-			ok := s.hub.sendClient(to, p, pf)
-			// Forward while the fleet changes, and whenever our view says
-			// another node owns the receiver (the sender's view and ours
-			// disagree: something is moving, and we may be the one that
-			// has not seen it yet).
-			if !ok && (fwd || wire.Owner(to, s.liveNodes()) != s.cfg.NodeID) {
-				missing = append(missing, forward{to: to, pos: p.String(), frame: frames[0]})
-			}
-			if h.Receipt != "" {
-				st := wire.StatusOffline
-				if ok {
-					st = wire.StatusDelivered
-				}
-				receipts = append(receipts, wire.ReceiptFrame(h.ID, to, st))
-			}
-		}
+		var echo []byte
 		if h.Echo != "" {
-			ep, _ := wire.ParsePosition(h.EchoPos)
-			s.hub.sendClient(h.Echo, ep, withPosition(outFrame{b: frames[1], ts: f.ts}, ep))
+			echo = frames[1]
 		}
-		if len(receipts) > 0 {
-			s.sendReceipts(h.Receipt, receipts)
-		}
-		if len(missing) > 0 {
-			s.forwardMissing(missing)
+		s.handleSend(&h, frames[0], echo)
+	case wire.KindBatch:
+		// Each carried send exactly as if it had come on its own, in
+		// order: the batch only saves the publishes.
+		for i := range h.Sends {
+			b := &h.Sends[i]
+			s.handleSend(&b.Header, b.Frame, b.Echo)
 		}
 	case wire.KindDeliver:
 		for _, fb := range frames {
@@ -145,6 +125,46 @@ func (s *Server) handleNodeMsg(payload []byte) {
 		if h.Nonce == s.cfg.NodeID {
 			s.sub.probeSeen()
 		}
+	}
+}
+
+// handleSend delivers one send (a send node message, or one a batch
+// carries): frame to every local socket of each receiver, with its
+// position; echo (set exactly when h.Echo is) to the sender's sockets;
+// receipts to the sender; and receivers not here forwarded while the
+// fleet changes.
+func (s *Server) handleSend(h *wire.NodeMsg, frame, echo []byte) {
+	f := outFrame{b: frame, ts: wire.FrameTS(frame)}
+	var receipts [][]byte
+	var missing []forward
+	fwd := s.forwarding()
+	for i, to := range h.To {
+		p, pf := positioned(f, h.Pos, i)
+		ok := s.hub.sendClient(to, p, pf)
+		// Forward while the fleet changes, and whenever our view says
+		// another node owns the receiver (the sender's view and ours
+		// disagree: something is moving, and we may be the one that
+		// has not seen it yet).
+		if !ok && (fwd || wire.Owner(to, s.liveNodes()) != s.cfg.NodeID) {
+			missing = append(missing, forward{to: to, pos: p.String(), frame: frame})
+		}
+		if h.Receipt != "" {
+			st := wire.StatusOffline
+			if ok {
+				st = wire.StatusDelivered
+			}
+			receipts = append(receipts, wire.ReceiptFrame(h.ID, to, st))
+		}
+	}
+	if h.Echo != "" {
+		ep, _ := wire.ParsePosition(h.EchoPos)
+		s.hub.sendClient(h.Echo, ep, withPosition(outFrame{b: echo, ts: f.ts}, ep))
+	}
+	if len(receipts) > 0 {
+		s.sendReceipts(h.Receipt, receipts)
+	}
+	if len(missing) > 0 {
+		s.forwardMissing(missing)
 	}
 }
 

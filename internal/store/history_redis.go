@@ -40,6 +40,29 @@ type KeptNodeMessage struct {
 	Keep []Keep
 }
 
+// KeptBatch is one node message of kept sends for one node: a batch
+// (wire.KindBatch) carrying Sends in order, or, with Version 0, the one
+// send in Sends published as a send node message of its own. Either way it
+// is one script run and one PUBLISH.
+type KeptBatch struct {
+	Node string
+	// Version of the batch (as for wire.EncodeBatch, at least
+	// wire.BatchVersion); 0 for a send on its own.
+	Version int
+	// Sends, in order; their Node is not read.
+	Sends []KeptNodeMessage
+}
+
+// KeptResult is what one KeptBatch's script did: per send, the positions
+// of its slots (Keep order; zero where nothing is kept), or its error. An
+// error that is ErrRedisFull means Redis refused the appends: nothing of
+// the batch was kept or published. After any other error (a timeout, a
+// broken connection) the batch may or may not have been published.
+type KeptResult struct {
+	Pos [][]wire.Position
+	Err error
+}
+
 // HistoryEntry is one kept message: its offset and frame (without the
 // position), and when it expires (unix ms, Redis clock).
 type HistoryEntry struct {
@@ -75,6 +98,10 @@ type History interface {
 	// message, all in one round trip) and returns, per message, the
 	// positions of its slots (Keep order; zero where nothing is kept).
 	PublishKept(ctx context.Context, msgs ...KeptNodeMessage) ([][]wire.Position, error)
+	// PublishKeptBatches appends and publishes each batch, one script run
+	// per batch, all in one round trip and in order, and returns each
+	// batch's outcome.
+	PublishKeptBatches(ctx context.Context, batches ...KeptBatch) []KeptResult
 	// PublishChannelKept appends frame to ch's stream and publishes it with
 	// its position spliced in.
 	PublishChannelKept(ctx context.Context, ch string, frame []byte, k Keep) (wire.Position, error)
@@ -102,37 +129,97 @@ func flag(b bool) string {
 
 func ms(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
 
-// PublishKept implements History.
+// PublishKept implements History: each message is a KeptBatch of one
+// send, published on its own.
 func (r *Redis) PublishKept(ctx context.Context, msgs ...KeptNodeMessage) ([][]wire.Position, error) {
-	execs := make([]rueidis.LuaExec, 0, len(msgs))
-	for _, m := range msgs {
+	batches := make([]KeptBatch, len(msgs))
+	for i := range msgs {
+		batches[i] = KeptBatch{Node: msgs[i].Node, Sends: msgs[i : i+1]}
+	}
+	out := make([][]wire.Position, len(msgs))
+	for i, res := range r.PublishKeptBatches(ctx, batches...) {
+		if res.Err != nil {
+			return out, res.Err
+		}
+		out[i] = res.Pos[0]
+	}
+	return out, nil
+}
+
+// PublishKeptBatches implements History with send_kept.lua.
+func (r *Redis) PublishKeptBatches(ctx context.Context, batches ...KeptBatch) []KeptResult {
+	execs := make([]rueidis.LuaExec, len(batches))
+	for i := range batches {
+		execs[i] = r.keptExec(&batches[i])
+	}
+	out := make([]KeptResult, len(batches))
+	for i, res := range r.sendKept.execMulti(ctx, r.rc, execs...) {
+		arr, err := res.AsStrSlice()
+		if err != nil {
+			out[i].Err = full(err)
+			continue
+		}
+		out[i].Pos, out[i].Err = splitPositions(arr, batches[i].Sends)
+	}
+	return out
+}
+
+// keptExec is send_kept.lua's KEYS and ARGV for b.
+func (r *Redis) keptExec(b *KeptBatch) rueidis.LuaExec {
+	head := ""
+	if b.Version > 0 {
+		head = string(wire.AppendBatchHead(nil, b.Version))
+	}
+	n := 4
+	for i := range b.Sends {
+		n += 4 + 2*len(b.Sends[i].Keep)
+	}
+	args := append(make([]string, 0, n), r.k.nodeChannel(b.Node), head, ms(metaTTL), wire.NewEpoch())
+	var keys []string
+	var hb []byte
+	for i := range b.Sends {
+		m := &b.Sends[i]
 		h := m.Header
-		h.Pos, h.EchoPos = nil, ""
-		head := wire.EncodeNodeMsg(h)
-		var keys []string
-		args := []string{r.k.nodeChannel(m.Node), string(head[:len(head)-1]), string(m.Frame), string(m.EchoFrame),
-			ms(metaTTL), wire.NewEpoch(), strconv.Itoa(len(h.To))}
-		slots := append(append([]string(nil), h.To...), h.Echo)
-		for i, k := range m.Keep {
+		h.Pos, h.EchoPos = nil, "" // the script adds them
+		if b.Version > 0 {
+			hb = wire.AppendBatchSendHeader(hb[:0], h)
+		} else {
+			hb = wire.EncodeNodeMsg(h)
+		}
+		args = append(args, string(hb[:len(hb)-1]), string(m.Frame), string(m.EchoFrame), strconv.Itoa(len(h.To)))
+		for j, k := range m.Keep {
 			if !k.On() {
 				args = append(args, "0", "0")
 				continue
 			}
-			stream, meta := r.k.history(Stream{Client: slots[i]})
+			slot := h.Echo // the slot after the receivers' is the echo's
+			if j < len(h.To) {
+				slot = h.To[j]
+			}
+			stream, meta := r.k.history(Stream{Client: slot})
 			keys = append(keys, stream, meta)
 			args = append(args, strconv.Itoa(k.Size), ms(k.TTL))
 		}
-		execs = append(execs, rueidis.LuaExec{Keys: keys, Args: args})
 	}
-	out := make([][]wire.Position, len(msgs))
-	for i, res := range r.sendKept.ExecMulti(ctx, r.rc, execs...) {
-		arr, err := res.AsStrSlice()
-		if err != nil {
-			return out, full(err)
+	return rueidis.LuaExec{Keys: keys, Args: args}
+}
+
+// splitPositions cuts send_kept.lua's flat reply into each send's slots.
+func splitPositions(arr []string, sends []KeptNodeMessage) ([][]wire.Position, error) {
+	all, err := parsePositions(arr)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]wire.Position, len(sends))
+	for i := range sends {
+		n := len(sends[i].Keep)
+		if n > len(all) {
+			return nil, fmt.Errorf("send_kept: %d positions for %d sends", len(arr), len(sends))
 		}
-		if out[i], err = parsePositions(arr); err != nil {
-			return out, err
-		}
+		out[i], all = all[:n:n], all[n:]
+	}
+	if len(all) != 0 {
+		return nil, fmt.Errorf("send_kept: %d positions for %d sends", len(arr), len(sends))
 	}
 	return out, nil
 }
@@ -140,7 +227,7 @@ func (r *Redis) PublishKept(ctx context.Context, msgs ...KeptNodeMessage) ([][]w
 // PublishChannelKept implements History.
 func (r *Redis) PublishChannelKept(ctx context.Context, ch string, frame []byte, k Keep) (wire.Position, error) {
 	stream, meta := r.k.history(Stream{Channel: ch})
-	s, err := r.chanKept.Exec(ctx, r.rc, []string{stream, meta},
+	s, err := r.chanKept.execResult(ctx, r.rc, []string{stream, meta},
 		[]string{r.k.topicChannel(ch), string(frame), strconv.Itoa(k.Size), ms(k.TTL), ms(metaTTL), wire.NewEpoch()}).ToString()
 	if err != nil {
 		return wire.Position{}, full(err)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +78,67 @@ func TestPublishKept(t *testing.T) {
 	}
 }
 
+// A kept batch is one script run and one PUBLISH: every send's copies are
+// appended in order (offsets count up per stream across the batch) and
+// the batch carries each send's positions, as the sends would on their
+// own.
+func TestPublishKeptBatches(t *testing.T) {
+	st := newTestStore(t)
+	ctx := context.Background()
+	got := make(chan string, 4)
+	go func() {
+		_ = st.rc.Receive(ctx, st.rc.B().Subscribe().Channel(st.k.nodeChannel("n1")).Build(), func(m rueidisMsg) { got <- m.Message })
+	}()
+	waitSubscribed(t, st, st.k.nodeChannel("n1"))
+	keep := Keep{Size: 10, TTL: time.Minute}
+	frame := func(id string) []byte { return []byte(`{"type":"message","id":"` + id + `"}`) }
+	b := KeptBatch{Node: "n1", Version: wire.BatchVersion, Sends: []KeptNodeMessage{
+		{Header: wire.NodeMsg{Kind: wire.KindSend, To: []string{"bob"}, ID: "1"}, Frame: frame("1"), Keep: []Keep{keep}},
+		{Header: wire.NodeMsg{Kind: wire.KindSend, To: []string{"bob", "carol"}, Echo: "alice", Receipt: "alice", ID: "2"},
+			Frame: frame("2"), EchoFrame: []byte(`{"type":"message","id":"2","to":["bob","carol"]}`), Keep: []Keep{keep, {}, keep}},
+		{Header: wire.NodeMsg{Kind: wire.KindSend, To: []string{"bob"}, ID: "3"}, Frame: frame("3"), Keep: []Keep{keep}},
+	}}
+	res := st.PublishKeptBatches(ctx, b)
+	if len(res) != 1 || res[0].Err != nil || len(res[0].Pos) != 3 {
+		t.Fatalf("result %+v", res)
+	}
+	pos := res[0].Pos
+	if pos[0][0].Offset != 1 || pos[1][0].Offset != 2 || !pos[1][1].IsZero() || pos[1][2].Offset != 1 || pos[2][0].Offset != 3 {
+		t.Fatalf("positions %+v", pos)
+	}
+	msg := <-got
+	h, _, err := wire.DecodeNodeMsg([]byte(msg))
+	if err != nil || h.Kind != wire.KindBatch || len(h.Sends) != 3 {
+		t.Fatalf("published %q: %+v %v", msg, h, err)
+	}
+	for i, s := range h.Sends {
+		want := b.Sends[i]
+		if s.Header.ID != want.Header.ID || string(s.Frame) != string(want.Frame) || string(s.Echo) != string(want.EchoFrame) || len(s.Header.Pos) != len(want.Header.To) {
+			t.Fatalf("send %d: %+v, want %+v", i, s, want)
+		}
+		for j := range s.Header.Pos {
+			if s.Header.Pos[j] != pos[i][j].String() {
+				t.Fatalf("send %d receiver %d: pos %q, returned %v", i, j, s.Header.Pos[j], pos[i][j])
+			}
+		}
+	}
+	if h.Sends[1].Header.EchoPos != pos[1][2].String() || h.Sends[1].Header.Receipt != "alice" {
+		t.Fatalf("echo send %+v", h.Sends[1].Header)
+	}
+	r, err := st.ReadHistory(ctx, HistoryRequest{Stream: Stream{Client: "bob"}, After: 0, Limit: 10})
+	if err != nil || len(r[0].Entries) != 3 || string(r[0].Entries[2].Frame) != string(frame("3")) {
+		t.Fatalf("bob's stream %+v %v", r, err)
+	}
+	// One PUBLISH: the next message on the channel is a marker sent after.
+	marker := wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindProbe, Nonce: "marker"})
+	if err := st.PublishNodes(ctx, NodeMessage{Node: "n1", Msg: marker}); err != nil {
+		t.Fatal(err)
+	}
+	if m := <-got; m != string(marker) {
+		t.Fatalf("a second publish: %q", m)
+	}
+}
+
 // A channel send publishes the frame with its position spliced in; losing
 // the meta starts a new epoch and clears the old entries.
 func TestChannelKeptAndEpoch(t *testing.T) {
@@ -131,5 +193,59 @@ func waitSubscribed(t *testing.T, st *Redis, channel string) {
 			t.Fatalf("no subscriber on %s: %v", channel, err)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// At maxmemory Redis refuses the kept sends before they run: nothing is
+// appended, nothing published, and the error is ErrRedisFull, so that
+// imhelper publishes plainly. (Without the "#!lua" line Redis refused a
+// script only at its first command that may grow memory, and these ran a
+// DEL or PEXPIRE first: they appended past maxmemory.) PUBLISH itself
+// still works.
+func TestKeptScriptsRefusedAtMaxmemory(t *testing.T) {
+	st := newTestStore(t)
+	ctx := context.Background()
+	got := make(chan string, 4)
+	go func() {
+		_ = st.rc.Receive(ctx, st.rc.B().Subscribe().Channel(st.k.nodeChannel("n1")).Build(), func(m rueidisMsg) { got <- m.Message })
+	}()
+	waitSubscribed(t, st, st.k.nodeChannel("n1"))
+	setMaxmemory := func(v string) {
+		t.Helper()
+		if err := st.rc.Do(ctx, st.rc.B().ConfigSet().ParameterValue().ParameterValue("maxmemory", v).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keep := Keep{Size: 10, TTL: time.Minute}
+	send := KeptNodeMessage{Header: wire.NodeMsg{Kind: wire.KindSend, To: []string{"bob"}, ID: "1"}, Frame: []byte(`{"type":"message"}`), Keep: []Keep{keep}}
+	setMaxmemory("1") // every byte Redis holds is over
+	res := st.PublishKeptBatches(ctx, KeptBatch{Node: "n1", Version: wire.BatchVersion, Sends: []KeptNodeMessage{send, send}}, KeptBatch{Node: "n1", Sends: []KeptNodeMessage{send}})
+	for i, r := range res {
+		if !errors.Is(r.Err, ErrRedisFull) {
+			t.Errorf("batch %d at maxmemory: %+v, want ErrRedisFull", i, r)
+		}
+	}
+	if _, err := st.PublishKept(ctx, send); !errors.Is(err, ErrRedisFull) {
+		t.Errorf("PublishKept at maxmemory: %v", err)
+	}
+	if _, err := st.PublishChannelKept(ctx, "room", []byte(`{"type":"channel"}`), keep); !errors.Is(err, ErrRedisFull) {
+		t.Errorf("PublishChannelKept at maxmemory: %v", err)
+	}
+	marker := wire.EncodeNodeMsg(wire.NodeMsg{Kind: wire.KindProbe, Nonce: "marker"})
+	if err := st.PublishNodes(ctx, NodeMessage{Node: "n1", Msg: marker}); err != nil {
+		t.Fatalf("PUBLISH at maxmemory: %v", err)
+	}
+	if m := <-got; m != string(marker) {
+		t.Fatalf("a refused script published %q", m)
+	}
+	setMaxmemory("0")
+	for _, s := range []Stream{{Client: "bob"}, {Channel: "room"}} {
+		stream, _ := st.k.history(s)
+		if n, err := st.rc.Do(ctx, st.rc.B().Exists().Key(stream).Build()).AsInt64(); err != nil || n != 0 {
+			t.Errorf("%s was appended to at maxmemory (%d, %v)", stream, n, err)
+		}
+	}
+	if res := st.PublishKeptBatches(ctx, KeptBatch{Node: "n1", Sends: []KeptNodeMessage{send}}); res[0].Err != nil || res[0].Pos[0][0].Offset != 1 {
+		t.Fatalf("once Redis has room: %+v", res)
 	}
 }

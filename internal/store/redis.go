@@ -19,8 +19,8 @@ type Redis struct {
 	streamCap string // approximate MAXLEN of the event stream
 
 	consumeToken, online, offline, leave, chanOnline, reapDone *rueidis.Lua
-	writeLease                                                 *flaggedScript
-	sendKept, chanKept, position, readHistory                  *rueidis.Lua
+	writeLease, sendKept, chanKept                             *flaggedScript
+	position, readHistory                                      *rueidis.Lua
 }
 
 var (
@@ -92,36 +92,62 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 		chanOnline:   rueidis.NewLuaScript(scriptChanOnline),
 		reapDone:     rueidis.NewLuaScript(luaLease + scriptReapDone),
 		writeLease:   newFlaggedScript("allow-oom", luaLease+scriptWriteLease),
-		sendKept:     rueidis.NewLuaScript(luaHistory + scriptSendKept),
-		chanKept:     rueidis.NewLuaScript(luaHistory + scriptChanKept),
+		sendKept:     newFlaggedScript("", luaHistory+scriptSendKept), // refused at maxmemory: imhelper publishes plainly
+		chanKept:     newFlaggedScript("", luaHistory+scriptChanKept),
 		position:     rueidis.NewLuaScript(luaHistory + scriptPosition),
 		readHistory:  rueidis.NewLuaScript(luaHistory + scriptReadHistory),
 	}
 }
 
-// flaggedScript is a script run with Redis 7 script flags (a first line
-// "#!lua flags=..."). A server that does not know them, such as the
-// embedded miniredis, fails to compile that line; from then on the script
-// runs without it. Such a server has no maxmemory either, which is what the
-// flags here are for.
+// flaggedScript is a script run as a Redis 7 script with a shebang line
+// ("#!lua", with "flags=..." if any). A server that does not know the
+// line, such as the embedded miniredis (or Redis 6), fails to compile it;
+// from then on the script runs without it. Such a server has no maxmemory
+// either, which is what the line is for here: with flags=allow-oom the
+// script runs at maxmemory; with no flags Redis refuses it before it runs
+// (OOM), where a script without the line is only refused at its first
+// command that may grow memory, so one that first ran a DEL or PEXPIRE
+// (which do not count) went on appending past maxmemory.
 type flaggedScript struct {
 	flagged, plain *rueidis.Lua
 	noFlags        atomic.Bool
 }
 
 func newFlaggedScript(flags, src string) *flaggedScript {
-	return &flaggedScript{flagged: rueidis.NewLuaScript("#!lua flags=" + flags + "\n" + src), plain: rueidis.NewLuaScript(src)}
+	line := "#!lua"
+	if flags != "" {
+		line += " flags=" + flags
+	}
+	return &flaggedScript{flagged: rueidis.NewLuaScript(line + "\n" + src), plain: rueidis.NewLuaScript(src)}
 }
 
+// noShebang reports the error of a server that cannot compile the line.
+func noShebang(err error) bool { return err != nil && strings.Contains(err.Error(), "near '#'") }
+
 func (f *flaggedScript) exec(ctx context.Context, rc rueidis.Client, keys, args []string) ([]rueidis.RedisMessage, error) {
+	return scriptReply(f.execResult(ctx, rc, keys, args))
+}
+
+func (f *flaggedScript) execResult(ctx context.Context, rc rueidis.Client, keys, args []string) rueidis.RedisResult {
 	if !f.noFlags.Load() {
-		res, err := scriptReply(f.flagged.Exec(ctx, rc, keys, args))
-		if err == nil || !strings.Contains(err.Error(), "near '#'") {
-			return res, err
+		res := f.flagged.Exec(ctx, rc, keys, args)
+		if !noShebang(res.Error()) {
+			return res
 		}
 		f.noFlags.Store(true)
 	}
-	return scriptReply(f.plain.Exec(ctx, rc, keys, args))
+	return f.plain.Exec(ctx, rc, keys, args)
+}
+
+func (f *flaggedScript) execMulti(ctx context.Context, rc rueidis.Client, multi ...rueidis.LuaExec) []rueidis.RedisResult {
+	if !f.noFlags.Load() {
+		res := f.flagged.ExecMulti(ctx, rc, multi...)
+		if len(res) == 0 || !noShebang(res[0].Error()) {
+			return res
+		}
+		f.noFlags.Store(true)
+	}
+	return f.plain.ExecMulti(ctx, rc, multi...)
 }
 
 // CheckURL reports whether url is a Redis URL that Dial can use.

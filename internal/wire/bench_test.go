@@ -73,6 +73,52 @@ func BenchmarkDecodeNodeMsg(b *testing.B) {
 	}
 }
 
+// batchFor is a batch of sends messages, each to its own receiver, as
+// imhelper's SendMessages writes one node's share of per-user feeds.
+func batchFor(sends int) []BatchSend {
+	out := make([]BatchSend, sends)
+	for i := range out {
+		id := NewID(time.UnixMilli(1732340000000))
+		out[i] = BatchSend{Header: NodeMsg{Kind: KindSend, To: []string{"client-" + strconv.Itoa(i)}, ID: id},
+			Frame: MessageFrame(id, "alice", nil, 1732340000000, benchData)}
+	}
+	return out
+}
+
+// BenchmarkEncodeBatch is the batch encoder imhelper runs without history
+// (with history send_kept.lua writes the batch); ns/send against
+// BenchmarkEncodeNodeMsg/to=1 is a carried send's cost.
+func BenchmarkEncodeBatch(b *testing.B) {
+	for _, n := range []int{1, 16, 256} {
+		sends := batchFor(n)
+		b.Run("sends="+strconv.Itoa(n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = EncodeBatch(NodeMsgVersion, sends)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/send")
+		})
+	}
+}
+
+// BenchmarkDecodeBatch is what a node does with a batch before delivering
+// it: the frames stay in the message, each send's header is parsed.
+func BenchmarkDecodeBatch(b *testing.B) {
+	for _, n := range []int{1, 16, 256} {
+		msg := EncodeBatch(NodeMsgVersion, batchFor(n))
+		b.Run("sends="+strconv.Itoa(n), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(msg)))
+			for b.Loop() {
+				if _, _, err := DecodeNodeMsg(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/send")
+		})
+	}
+}
+
 func BenchmarkOwner(b *testing.B) {
 	for _, n := range []int{1, 3, 10} {
 		var nodes []string

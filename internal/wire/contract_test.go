@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -13,10 +14,14 @@ func TestNodeMsgVersion(t *testing.T) {
 	if err != nil || h.Version != 1 {
 		t.Fatalf("unversioned header: %+v, %v", h, err)
 	}
-	if !bytes.HasPrefix(EncodeNodeMsg(NodeMsg{Kind: KindProbe}), []byte(`{"v":1,"k":"probe"`)) {
+	if !bytes.HasPrefix(EncodeNodeMsg(NodeMsg{Kind: KindProbe}), []byte(`{"v":`+strconv.Itoa(NodeMsgVersion)+`,"k":"probe"`)) {
 		t.Fatalf("encoder does not lead with the version: %s", EncodeNodeMsg(NodeMsg{Kind: KindProbe}))
 	}
-	for _, msg := range []string{`{"v":2,"k":"kick","c":"a"}`, `{"k":"kick","c":"a","v":99}`, `{"v": 2, "k":"kick","c":"a"}`} {
+	if !bytes.HasPrefix(EncodeNodeMsg(NodeMsg{Version: 1, Kind: KindProbe}), []byte(`{"v":1,"k":"probe"`)) {
+		t.Fatalf("encoder does not write the version asked for: %s", EncodeNodeMsg(NodeMsg{Version: 1, Kind: KindProbe}))
+	}
+	next := strconv.Itoa(NodeMsgVersion + 1)
+	for _, msg := range []string{`{"v":` + next + `,"k":"kick","c":"a"}`, `{"k":"kick","c":"a","v":99}`, `{"v": ` + next + `, "k":"kick","c":"a"}`} {
 		if _, _, err := DecodeNodeMsg([]byte(msg)); !errors.Is(err, ErrUnknownVersion) {
 			t.Errorf("%s: err = %v, want ErrUnknownVersion", msg, err)
 		}

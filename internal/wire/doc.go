@@ -12,5 +12,6 @@
 //	business API --PrevConnectServer--> token record stored with a TTL ----+
 //	browser ------ GET wss://node/ws?token=… --> node consumes the token once
 //	business API --SendMessage--> node message on the owner's channel (one per owning node)
+//	business API --SendMessages--> one batch node message per owning node per batch
 //	node ---------- writes the pre-encoded frame to the client's sockets
 package wire

@@ -18,6 +18,7 @@ const (
 	KindLeave   = "leave"   // Client left Chans (already removed in Redis)
 	KindKick    = "kick"    // close every socket of Client with CloseForcedOffline
 	KindProbe   = "probe"   // liveness probe a node sends to itself
+	KindBatch   = "batch"   // several sends, in order (NodeMsg.Sends); from BatchVersion on
 )
 
 // NodeMsgVersion is the version of the node message format this release
@@ -27,7 +28,14 @@ const (
 // newer field means; imhelper writes the lowest version that every live
 // node announces in its registry entry (NodeInfo.Proto), so that during a
 // rolling upgrade old nodes keep receiving what they understand.
-const NodeMsgVersion = 1
+//
+// Version 2 adds KindBatch; a version-2 reader reads version 1 as before.
+const NodeMsgVersion = 2
+
+// BatchVersion is the first version that has KindBatch. A writer sends a
+// batch only when every live node reads at least this version; otherwise
+// it publishes each carried send on its own, as version 1 did.
+const BatchVersion = 2
 
 // NodeMsg is the header of a message on a node channel. On the wire a node
 // message is the header as one line of JSON, then each frame on its own line:
@@ -53,6 +61,20 @@ type NodeMsg struct {
 	// Both are optional: a reader that ignores them delivers at most once.
 	Pos     []string `json:"pos,omitempty"`
 	EchoPos string   `json:"epos,omitempty"`
+	// Sends are the sends a batch (KindBatch) carries, in order, as
+	// DecodeNodeMsg found them. They are not part of the header line:
+	// EncodeBatch writes each on the lines after it.
+	Sends []BatchSend `json:"-"`
+}
+
+// BatchSend is one send a batch carries: a KindSend header and its frames,
+// exactly what a send node message of its own would hold. From
+// DecodeNodeMsg, the frames alias the decoded message.
+type BatchSend struct {
+	Header NodeMsg
+	Frame  []byte
+	// Echo is the sender's copy, set exactly when Header.Echo is.
+	Echo []byte
 }
 
 // ErrMalformed reports a node message that cannot be decoded. A node logs and
@@ -67,7 +89,75 @@ var ErrUnknownVersion = errors.New("node message of an unknown version")
 // (the same JSON encoding/json would produce, field for field) because it
 // is on every send's path.
 func EncodeNodeMsg(h NodeMsg, frames ...[]byte) []byte {
-	n := 64 + len(h.ID) + len(h.Echo) + len(h.Receipt) + len(h.Client) + len(h.Nonce)
+	n := headerSize(h)
+	for _, f := range frames {
+		n += 1 + len(f)
+	}
+	v := h.Version
+	if v <= 0 {
+		v = NodeMsgVersion
+	}
+	b := appendHeader(make([]byte, 0, n), h, v)
+	for _, f := range frames {
+		b = append(b, '\n')
+		b = append(b, f...)
+	}
+	return b
+}
+
+// EncodeBatch builds a batch node message carrying sends, in order:
+//
+//	{"v":2,"k":"batch"}\n<send 1>\n<send 2>…
+//
+// where each <send> is the send's header line (without "v": the batch
+// line's applies), its frame and, with an echo, its echo frame, one per
+// line: what EncodeNodeMsg would write for it on its own. version is the
+// one to write (0: NodeMsgVersion); a batch is at least BatchVersion, so
+// callers send one only to nodes that all read that (CommonVersion).
+func EncodeBatch(version int, sends []BatchSend) []byte {
+	n := 24
+	for i := range sends {
+		s := &sends[i]
+		n += headerSize(s.Header) + 2 + len(s.Frame)
+		if s.Header.Echo != "" {
+			n += 1 + len(s.Echo)
+		}
+	}
+	b := AppendBatchHead(make([]byte, 0, n), version)
+	for i := range sends {
+		b = AppendBatchSend(append(b, '\n'), sends[i])
+	}
+	return b
+}
+
+// AppendBatchHead appends a batch's first line, {"v":<version>,"k":"batch"}
+// (version as for EncodeBatch).
+func AppendBatchHead(b []byte, version int) []byte {
+	if version <= 0 {
+		version = NodeMsgVersion
+	}
+	return appendHeader(b, NodeMsg{Kind: KindBatch}, max(version, BatchVersion))
+}
+
+// AppendBatchSend appends one carried send's lines as EncodeBatch writes
+// them: the header without "v", the frame, and the echo frame if
+// s.Header.Echo is set.
+func AppendBatchSend(b []byte, s BatchSend) []byte {
+	b = appendHeader(b, s.Header, 0)
+	b = append(append(b, '\n'), s.Frame...)
+	if s.Header.Echo != "" {
+		b = append(append(b, '\n'), s.Echo...)
+	}
+	return b
+}
+
+// AppendBatchSendHeader appends a carried send's header line as
+// AppendBatchSend writes it (no "v").
+func AppendBatchSendHeader(b []byte, h NodeMsg) []byte { return appendHeader(b, h, 0) }
+
+// headerSize is about what appendHeader writes for h, to size buffers.
+func headerSize(h NodeMsg) int {
+	n := 64 + len(h.ID) + len(h.Echo) + len(h.Receipt) + len(h.Client) + len(h.Nonce) + len(h.EchoPos)
 	for _, t := range h.To {
 		n += len(t) + 3
 	}
@@ -77,18 +167,19 @@ func EncodeNodeMsg(h NodeMsg, frames ...[]byte) []byte {
 	for _, p := range h.Pos {
 		n += len(p) + 3
 	}
-	n += len(h.EchoPos)
-	for _, f := range frames {
-		n += 1 + len(f)
+	return n
+}
+
+// appendHeader appends h as one line of JSON, with "v":v first unless v is
+// 0 (a send inside a batch).
+func appendHeader(b []byte, h NodeMsg, v int) []byte {
+	b = append(b, '{')
+	if v > 0 {
+		b = append(b, `"v":`...)
+		b = strconv.AppendInt(b, int64(v), 10)
+		b = append(b, ',')
 	}
-	v := h.Version
-	if v <= 0 {
-		v = NodeMsgVersion
-	}
-	b := make([]byte, 0, n)
-	b = append(b, `{"v":`...)
-	b = strconv.AppendInt(b, int64(v), 10)
-	b = append(b, `,"k":`...)
+	b = append(b, `"k":`...)
 	b = AppendString(b, h.Kind)
 	b = appendList(b, `,"to":[`, h.To)
 	b = appendField(b, `,"echo":`, h.Echo)
@@ -99,12 +190,7 @@ func EncodeNodeMsg(h NodeMsg, frames ...[]byte) []byte {
 	b = appendField(b, `,"nonce":`, h.Nonce)
 	b = appendList(b, `,"pos":[`, h.Pos)
 	b = appendField(b, `,"epos":`, h.EchoPos)
-	b = append(b, '}')
-	for _, f := range frames {
-		b = append(b, '\n')
-		b = append(b, f...)
-	}
-	return b
+	return append(b, '}')
 }
 
 func appendField(b []byte, key, v string) []byte {
@@ -128,29 +214,30 @@ func appendList(b []byte, key string, vs []string) []byte {
 	return append(b, ']')
 }
 
-// DecodeNodeMsg parses a node message. The frames alias msg.
+// DecodeNodeMsg parses a node message. The frames (and, for a batch, the
+// frames of h.Sends) alias msg, capped so that appending to one never
+// writes into msg.
 func DecodeNodeMsg(msg []byte) (NodeMsg, [][]byte, error) {
 	var h NodeMsg
-	head, rest, hasFrames := bytes.Cut(msg, []byte{'\n'})
-	if !decodeHeaderFast(head, &h) {
-		h = NodeMsg{}
-		if err := json.Unmarshal(head, &h); err != nil {
-			return h, nil, fmt.Errorf("%w: header: %v", ErrMalformed, err)
-		}
+	head, rest, more := bytes.Cut(msg, newline)
+	if err := decodeHeader(head, &h, 1); err != nil {
+		return h, nil, err
 	}
-	switch {
-	case h.Version == 0:
-		h.Version = 1
-	case h.Version < 0:
-		return h, nil, fmt.Errorf("%w: version %d", ErrMalformed, h.Version)
-	case h.Version > NodeMsgVersion:
-		return h, nil, fmt.Errorf("%w: %d, this node reads up to %d", ErrUnknownVersion, h.Version, NodeMsgVersion)
+	if h.Kind == KindBatch {
+		if h.Version < BatchVersion {
+			return h, nil, fmt.Errorf("%w: batch of version %d (batches are %d on)", ErrMalformed, h.Version, BatchVersion)
+		}
+		var err error
+		if h.Sends, err = decodeBatch(rest, more, h.Version); err != nil {
+			h.Sends = nil
+			return h, nil, err
+		}
+		return h, nil, nil
 	}
 	var frames [][]byte
-	for hasFrames {
+	for more {
 		var f []byte
-		f, rest, hasFrames = bytes.Cut(rest, []byte{'\n'})
-		if len(f) == 0 || f[0] != '{' || !utf8.Valid(f) {
+		if f, rest, more = nextFrame(rest); f == nil {
 			return h, nil, fmt.Errorf("%w: frame %d is not a JSON object", ErrMalformed, len(frames))
 		}
 		frames = append(frames, f)
@@ -180,6 +267,83 @@ func DecodeNodeMsg(msg []byte) (NodeMsg, [][]byte, error) {
 		return h, nil, err
 	}
 	return h, frames, nil
+}
+
+var newline = []byte{'\n'}
+
+// decodeHeader parses one header line into h and checks its version;
+// absent, it is the one given (1 for a message, the batch's for a send in
+// a batch).
+func decodeHeader(line []byte, h *NodeMsg, absent int) error {
+	if !decodeHeaderFast(line, h) {
+		*h = NodeMsg{}
+		if err := json.Unmarshal(line, h); err != nil {
+			return fmt.Errorf("%w: header: %v", ErrMalformed, err)
+		}
+	}
+	switch {
+	case h.Version == 0:
+		h.Version = absent
+	case h.Version < 0:
+		return fmt.Errorf("%w: version %d", ErrMalformed, h.Version)
+	case h.Version > NodeMsgVersion:
+		return fmt.Errorf("%w: %d, this node reads up to %d", ErrUnknownVersion, h.Version, NodeMsgVersion)
+	}
+	return nil
+}
+
+// nextFrame cuts the next line off rest as a frame; f is nil if that line
+// is not one (empty, not an object, not UTF-8).
+func nextFrame(rest []byte) (f, after []byte, more bool) {
+	f, after, more = bytes.Cut(rest, newline)
+	if len(f) == 0 || f[0] != '{' || !utf8.Valid(f) {
+		return nil, after, more
+	}
+	return f[:len(f):len(f)], after, more
+}
+
+// decodeBatch parses the sends after a batch's first line: each a send
+// header line (its "v", if any, at most NodeMsgVersion) and then the one
+// or two frames its header calls for, every one checked as a send of its
+// own is. One bad send makes the whole batch malformed, so a node never
+// delivers part of one.
+func decodeBatch(rest []byte, more bool, version int) ([]BatchSend, error) {
+	if !more {
+		return nil, fmt.Errorf("%w: batch without sends", ErrMalformed)
+	}
+	// At most one send per two lines: one allocation for the slice.
+	sends := make([]BatchSend, 0, (bytes.Count(rest, newline)+2)/2)
+	for more {
+		var line []byte
+		line, rest, more = bytes.Cut(rest, newline)
+		i := len(sends)
+		sends = append(sends, BatchSend{})
+		s := &sends[i]
+		if err := decodeHeader(line, &s.Header, version); err != nil {
+			return nil, fmt.Errorf("batch send %d: %w", i, err)
+		}
+		if s.Header.Kind != KindSend {
+			return nil, fmt.Errorf("%w: batch send %d of kind %q", ErrMalformed, i, s.Header.Kind)
+		}
+		if !more {
+			return nil, fmt.Errorf("%w: batch send %d without its frame", ErrMalformed, i)
+		}
+		if s.Frame, rest, more = nextFrame(rest); s.Frame == nil {
+			return nil, fmt.Errorf("%w: batch send %d: frame is not a JSON object", ErrMalformed, i)
+		}
+		if s.Header.Echo != "" {
+			if !more {
+				return nil, fmt.Errorf("%w: batch send %d without its echo frame", ErrMalformed, i)
+			}
+			if s.Echo, rest, more = nextFrame(rest); s.Echo == nil {
+				return nil, fmt.Errorf("%w: batch send %d: echo frame is not a JSON object", ErrMalformed, i)
+			}
+		}
+		if err := checkPositions(s.Header); err != nil {
+			return nil, fmt.Errorf("batch send %d: %w", i, err)
+		}
+	}
+	return sends, nil
 }
 
 // checkPositions checks that pos, if given, has one valid position (or "")
@@ -225,14 +389,14 @@ func decodeHeaderFast(b []byte, h *NodeMsg) bool {
 	}
 	b = b[1 : len(b)-1]
 	for len(b) > 0 {
-		key, rest, ok := fastString(b)
+		key, rest, ok := fastBytes(b)
 		if !ok || len(rest) == 0 || rest[0] != ':' {
 			return false
 		}
 		b = rest[1:]
 		var dst *string
 		var list *[]string
-		switch key {
+		switch string(key) { // no allocation: the compiler compares the bytes
 		case "v":
 			j := 0
 			for j < len(b) && j < 9 && b[j] >= '0' && b[j] <= '9' {
@@ -251,7 +415,18 @@ func decodeHeaderFast(b []byte, h *NodeMsg) bool {
 			}
 			continue
 		case "k":
-			dst = &h.Kind
+			v, rest, ok := fastBytes(b)
+			if !ok {
+				return false
+			}
+			h.Kind, b = kindString(v), rest
+			if len(b) > 0 {
+				if b[0] != ',' || len(b) == 1 {
+					return false
+				}
+				b = b[1:]
+			}
+			continue
 		case "echo":
 			dst = &h.Echo
 		case "rcpt":
@@ -316,22 +491,53 @@ func decodeHeaderFast(b []byte, h *NodeMsg) bool {
 // fastString reads a JSON string with no escapes and no control bytes, of
 // valid UTF-8.
 func fastString(b []byte) (string, []byte, bool) {
-	if len(b) < 2 || b[0] != '"' {
+	v, rest, ok := fastBytes(b)
+	if !ok {
 		return "", nil, false
+	}
+	return string(v), rest, true
+}
+
+// fastBytes is fastString without the copy: the string's bytes in b.
+func fastBytes(b []byte) ([]byte, []byte, bool) {
+	if len(b) < 2 || b[0] != '"' {
+		return nil, nil, false
 	}
 	for i := 1; i < len(b); i++ {
 		switch c := b[i]; {
 		case c == '"':
 			s := b[1:i]
 			if !utf8.Valid(s) {
-				return "", nil, false
+				return nil, nil, false
 			}
-			return string(s), b[i+1:], true
+			return s, b[i+1:], true
 		case c == '\\' || c < 0x20:
-			return "", nil, false
+			return nil, nil, false
 		}
 	}
-	return "", nil, false
+	return nil, nil, false
+}
+
+// kindString is the kind named by v, without an allocation for the kinds
+// there are (every header has one, a batch one per send).
+func kindString(v []byte) string {
+	switch string(v) {
+	case KindSend:
+		return KindSend
+	case KindDeliver:
+		return KindDeliver
+	case KindBatch:
+		return KindBatch
+	case KindJoin:
+		return KindJoin
+	case KindLeave:
+		return KindLeave
+	case KindKick:
+		return KindKick
+	case KindProbe:
+		return KindProbe
+	}
+	return string(v)
 }
 
 // IsControlMsg reports whether a node message is one that must never be

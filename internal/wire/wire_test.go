@@ -170,21 +170,116 @@ func FuzzDecodeNodeMsg(f *testing.F) {
 	f.Add([]byte(`{"k":"send","to":["b"],"id":"x"}` + "\n" + `{"type":"message"}`))
 	f.Add([]byte(`{"k":"join","c":"a","chans":["r"]}`))
 	f.Add([]byte(`{"k":"deliver","to":["a"]}` + "\n{}\n{}"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		h, frames, err := DecodeNodeMsg(b)
-		if err != nil {
-			return
+	for _, b := range batchSeeds() {
+		f.Add(b)
+	}
+	f.Fuzz(checkDecoded)
+}
+
+// FuzzDecodeBatch is FuzzDecodeNodeMsg started from batches only, so that
+// the fuzzer spends its time on their framing (which line is a header,
+// which a frame, how many frames a send has).
+func FuzzDecodeBatch(f *testing.F) {
+	for _, b := range batchSeeds() {
+		f.Add(b)
+	}
+	f.Fuzz(checkDecoded)
+}
+
+// checkDecoded is the property every decoded node message has: its frames
+// are deliverable, it survives a re-encode, and a batch carries exactly
+// the sends that, published one by one, would decode the same.
+func checkDecoded(t *testing.T, b []byte) {
+	h, frames, err := DecodeNodeMsg(b)
+	if err != nil {
+		return
+	}
+	for _, fr := range frames {
+		if !ValidFrame(fr) {
+			t.Fatalf("decoded an invalid frame %q", fr)
 		}
-		for _, fr := range frames {
-			if !ValidFrame(fr) {
-				t.Fatalf("decoded an invalid frame %q", fr)
-			}
+	}
+	if h.Kind != KindBatch {
+		if len(h.Sends) != 0 {
+			t.Fatalf("%q: a %s with sends", b, h.Kind)
 		}
 		// what decodes must survive a re-encode
 		if _, _, err := DecodeNodeMsg(EncodeNodeMsg(h, frames...)); err != nil {
 			t.Fatalf("re-encode of %q failed: %v", b, err)
 		}
-	})
+		return
+	}
+	if len(h.Sends) == 0 || frames != nil || h.Version < BatchVersion {
+		t.Fatalf("%q: batch %+v with frames %q", b, h, frames)
+	}
+	for i, s := range h.Sends {
+		if !ValidFrame(s.Frame) || (s.Header.Echo != "") != (s.Echo != nil) || (s.Echo != nil && !ValidFrame(s.Echo)) {
+			t.Fatalf("%q: send %d has bad frames %+v", b, i, s)
+		}
+		one := [][]byte{s.Frame}
+		if s.Echo != nil {
+			one = append(one, s.Echo)
+		}
+		alone, af, err := DecodeNodeMsg(EncodeNodeMsg(s.Header, one...))
+		if err != nil || alone.Kind != KindSend || !sameHeader(alone, s.Header) || !sameFrames(af, one) {
+			t.Fatalf("%q: send %d published alone decodes as %+v %q, %v", b, i, alone, af, err)
+		}
+	}
+	again, _, err := DecodeNodeMsg(EncodeBatch(h.Version, h.Sends))
+	if err != nil || len(again.Sends) != len(h.Sends) {
+		t.Fatalf("re-encode of batch %q failed: %+v %v", b, again, err)
+	}
+	for i := range h.Sends {
+		x, y := h.Sends[i], again.Sends[i]
+		if !sameHeader(x.Header, y.Header) || string(x.Frame) != string(y.Frame) || string(x.Echo) != string(y.Echo) {
+			t.Fatalf("batch %q: send %d re-encodes as %+v, was %+v", b, i, y, x)
+		}
+	}
+}
+
+// sameHeader compares headers as the wire does: versions aside, and an
+// empty list the same as none (encoding/json gives [] for "to":[], the
+// encoder omits it).
+func sameHeader(a, b NodeMsg) bool {
+	norm := func(h NodeMsg) string {
+		h.Version = 0
+		for _, l := range []*[]string{&h.To, &h.Chans, &h.Pos} {
+			if len(*l) == 0 {
+				*l = nil
+			}
+		}
+		return fmt.Sprintf("%#v", h)
+	}
+	return norm(a) == norm(b)
+}
+
+func sameFrames(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if string(a[i]) != string(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// batchSeeds are batches as imhelper and another language's producer
+// write them, and near misses.
+func batchSeeds() [][]byte {
+	return [][]byte{
+		EncodeBatch(0, []BatchSend{
+			{Header: NodeMsg{Kind: KindSend, To: []string{"b"}, ID: "1"}, Frame: []byte(`{"type":"message","id":"1"}`)},
+			{Header: NodeMsg{Kind: KindSend, To: []string{"b", "c"}, Echo: "a", Receipt: "a", ID: "2", Pos: []string{"E.1", ""}, EchoPos: "F.3"},
+				Frame: []byte(`{"type":"message","id":"2"}`), Echo: []byte(`{"type":"message","id":"2","to":["b","c"]}`)},
+		}),
+		[]byte(`{"v":2,"k":"batch"}` + "\n" + `{"v":1,"k":"send","to":["b"],"id":"x"}` + "\n{}\n" + `{"k":"send","echo":"a","id":"y"}` + "\n{}\n{}"),
+		[]byte(`{"v":2,"k":"batch"}` + "\n" + `{"k":"send","echo":"a"}` + "\n{}"),
+		[]byte(`{"v":2,"k":"batch"}`),
+		[]byte(`{"k":"batch"}` + "\n" + `{"k":"send","to":["b"]}` + "\n{}"),
+		[]byte(`{"v":2,"k":"batch"}` + "\n" + `{"k":"kick","c":"a"}`),
+	}
 }
 
 func FuzzDecodeEvent(f *testing.F) {
@@ -288,6 +383,8 @@ func FuzzHeaderFastPath(f *testing.F) {
 	f.Add([]byte(`{"k":"probe","nonce":"n","k":"kick"}`))
 	f.Add([]byte(`{"v":1,"k":"send","to":["b"]}`))
 	f.Add([]byte(`{"v":12,"k":"kick","v":0}`))
+	f.Add([]byte(`{"v":2,"k":"batch"}`))
+	f.Add([]byte(`{"k":"send","to":["b"],"echo":"a","id":"x","pos":["E.1"],"epos":"E.2"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var fast NodeMsg
 		if !decodeHeaderFast(b, &fast) {
