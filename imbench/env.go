@@ -385,6 +385,28 @@ func (e *env) nodeConns() int64 {
 	return total
 }
 
+// connectFallbacks sums im_connect_fallbacks_total over every node and
+// reason: first sockets that took a second Redis round trip (-1 if no node
+// answered).
+func (e *env) connectFallbacks() int64 {
+	total, ok := int64(0), false
+	for _, n := range e.nodes {
+		m, err := n.metrics()
+		if err != nil {
+			continue
+		}
+		for k, v := range m {
+			if strings.HasPrefix(k, "im_connect_fallbacks_total{") {
+				total, ok = total+int64(v), true
+			}
+		}
+	}
+	if !ok {
+		return -1
+	}
+	return total
+}
+
 // ownersOf returns the distinct owning nodes of clients c0 … c<n-1>.
 func (e *env) ownersOf(n int) map[string]int {
 	nodes := e.helper.Nodes()

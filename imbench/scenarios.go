@@ -143,6 +143,7 @@ func (e *env) connect(ctx context.Context, burst bool) (*Table, []plotRow, error
 	}
 	time.Sleep(500 * time.Millisecond)
 	tot0, _ := e.commandStats(ctx)
+	fb0 := e.connectFallbacks()
 	m := newCPUMeter(e.allPIDs())
 	start := time.Now()
 	cr, err := e.connectAll(ctx, e.o.conns, dialers, !burst)
@@ -152,12 +153,16 @@ func (e *env) connect(ctx context.Context, burst bool) (*Table, []plotRow, error
 	online, n, werr := e.waitOnline(ctx, int64(cr.ok), time.Minute)
 	cpu := e.cpu(m)
 	tot1, _ := e.commandStats(ctx)
+	fallbacks := "-"
+	if fb1 := e.connectFallbacks(); fb0 >= 0 && fb1 >= 0 {
+		fallbacks = strconv.FormatInt(fb1-fb0, 10)
+	}
 	name := "connect"
 	if burst {
 		name = "burst"
 	}
 	t := &Table{Title: fmt.Sprintf("%s: %d connections, %d dialers", name, e.o.conns, dialers),
-		Cols: []string{"conns", "ok", "failed", "tokens/s", "handshakes/s", "online/s", "time to all online s", "connect p50 ms", "p99 ms", "max ms", "node CPU %", "redis CPU %", "load CPU %", "redis cmds/conn"}}
+		Cols: []string{"conns", "ok", "failed", "tokens/s", "handshakes/s", "online/s", "time to all online s", "connect p50 ms", "p99 ms", "max ms", "node CPU %", "redis CPU %", "load CPU %", "redis cmds/conn", "2nd trips"}}
 	tokens := "-"
 	if cr.fetchEnd > cr.fetchStart && cr.fetchStart > 0 {
 		tokens = f0(float64(e.o.conns) / (float64(cr.fetchEnd-cr.fetchStart) / 1e9))
@@ -169,7 +174,7 @@ func (e *env) connect(ctx context.Context, burst bool) (*Table, []plotRow, error
 	}
 	t.Add(strconv.Itoa(e.o.conns), strconv.Itoa(cr.ok), strconv.Itoa(cr.failed), tokens, f0(float64(cr.ok)/dialDur),
 		f0(float64(n)/onlineDur), f2(onlineDur), ms(cr.hist.Quantile(0.5)), ms(cr.hist.Quantile(0.99)), ms(cr.hist.Max()),
-		f1(cpu.node), f1(cpu.redis), f1(cpu.load), f2(float64(tot1-tot0)/float64(max(1, cr.ok))))
+		f1(cpu.node), f1(cpu.redis), f1(cpu.load), f2(float64(tot1-tot0)/float64(max(1, cr.ok))), fallbacks)
 	t.Notes = append(t.Notes, "online/s counts from the first dial until Redis lists every client online (token consumed, presence and online event written)")
 	if burst {
 		t.Notes = append(t.Notes, "burst: each dialer calls PrevConnectServer then dials, so connect times and online/s include token issue")
@@ -177,6 +182,7 @@ func (e *env) connect(ctx context.Context, burst bool) (*Table, []plotRow, error
 		t.Notes = append(t.Notes, "connect: URLs were fetched (PrevConnectServer, 64 at a time per load process) before dialling: tokens/s")
 	}
 	t.Notes = append(t.Notes, "redis cmds/conn: INFO commandstats delta (commands run inside Lua scripts count too) per connection, token SET included")
+	t.Notes = append(t.Notes, "2nd trips: first sockets whose presence took a second Redis round trip after the token (im_connect_fallbacks_total delta, all nodes; - without node metrics)")
 	if cr.failed > 0 {
 		t.Notes = append(t.Notes, "connect errors: "+errSummary(cr.errors))
 	}

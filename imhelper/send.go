@@ -16,8 +16,8 @@ import (
 
 // PrevConnectServer authorises a connection for clientID: it stores a
 // one-time token (128 random bits, Options.TokenTTL) for the owning node and
-// returns that node's public URL with ?token=. meta (at most 4 KiB) is
-// attached to the client's presence and events.
+// returns that node's public URL with ?token=<token>&client=<clientID>.
+// meta (at most 4 KiB) is attached to the client's presence and events.
 func (c *Client) PrevConnectServer(ctx context.Context, clientID, meta string) (string, error) {
 	if err := c.check(); err != nil {
 		return "", err
@@ -48,7 +48,10 @@ func (c *Client) PrevConnectServer(ctx context.Context, clientID, meta string) (
 		if strings.Contains(u, "?") {
 			sep = "&"
 		}
-		return u + sep + "token=" + url.QueryEscape(tok), nil
+		// The client parameter lets the node pass the client's keys to the
+		// one script that takes the token and marks the client online; the
+		// record, not the URL, says who connects.
+		return u + sep + "token=" + url.QueryEscape(tok) + "&client=" + url.QueryEscape(clientID), nil
 	})
 }
 

@@ -3,6 +3,7 @@ package imserver
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -89,8 +91,8 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusTooManyRequests, "rate", "connect rate limit reached")
 		return
 	}
-	rec, status := s.consumeToken(r.Context(), token)
-	switch status {
+	adm := s.admit(r.Context(), token, wire.ClientFromQuery(r.URL.RawQuery))
+	switch adm.status {
 	case tokenMissing:
 		s.sources.failed(src)
 		s.refuse(w, http.StatusUnauthorized, "token", "token missing, expired or already used")
@@ -105,9 +107,11 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s.sources.succeeded(src)
 
-	mu := s.stripe(rec.Client)
-	mu.Lock()
+	// From here to attach the client's stripe is held (admit took it).
+	rec, mu := adm.rec, adm.mu
 	if s.cfg.MaxConnsPerClient > 0 && s.hub.count(rec.Client) >= s.cfg.MaxConnsPerClient {
+		// Never after a connect script marked the client online: that
+		// ran only with no socket of the client here.
 		mu.Unlock()
 		s.refuse(w, http.StatusTooManyRequests, "client_limit", "too many connections for this client")
 		return
@@ -124,6 +128,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		OnPongReceived:     func(context.Context, []byte) { cn.inboundFrame() },
 	})
 	if err != nil {
+		s.undoOnline(adm)
 		mu.Unlock()
 		s.metrics.refusals.WithLabelValues("handshake").Inc()
 		return
@@ -135,7 +140,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	cn = s.newConn(ws, lw.w)
 	cn.lastPing = time.Now().Add(-phase)
 	s.sockets.Add(1)
-	topics := s.attach(cn, rec)
+	topics := s.attach(cn, adm)
 	attached = true
 	// The socket is held (newConn) until what it missed is replayed; its
 	// fills are queued before the stripe is let go, ahead of any join.
@@ -179,8 +184,7 @@ func (s *Server) serveConn(cn *conn) {
 	defer s.sockets.Done()
 	cn.readLoop()
 	_ = cn.ws.CloseNow() // no-op if a close handshake already finished
-	mu := s.stripe(cn.cl.id)
-	mu.Lock()
+	mu := s.lockStripe(cn.cl.id)
 	topics := s.detach(cn, cn.offlineReason())
 	mu.Unlock()
 	s.sub.syncTopics(topics)
@@ -215,6 +219,132 @@ func (s *Server) consumeToken(ctx context.Context, token string) (wire.TokenReco
 		return wire.TokenRecord{}, tokenForeign
 	default:
 		return wire.TokenRecord{}, tokenMissing
+	}
+}
+
+// admission is what the token step of a connect found. With tokenOK, mu
+// is the record's client's stripe, held by the caller until the socket is
+// attached, and online is set when the connect script already marked the
+// client online for this, its first socket; otherwise why says why attach
+// has to run online.lua itself, should the socket be the first.
+type admission struct {
+	rec    wire.TokenRecord
+	status int
+	mu     *sync.Mutex
+	online *store.Online
+	why    string
+}
+
+// admit takes the token in one Redis round trip, and for a client's first
+// socket marks it online in the same script (connect.lua). The script runs
+// under the client's stripe, which stays held until attach has put the
+// socket in the hub: every other change of the client's presence or
+// membership on this node (a join or leave from imhelper, a detach, the end
+// of its offline grace, a resync) takes that stripe too, so none can fall
+// between the script and the socket becoming visible; the script's view
+// (offline or online, its channels) is still true when attach applies it.
+// The stripe can be taken before the token is read only because the URL
+// names the client (hint); without a usable hint, for a client that already
+// has sockets here, or when the record names someone else, the token is
+// taken alone, as before the merge, and attach marks a first socket online
+// in a second round trip (im_connect_fallbacks_total).
+func (s *Server) admit(ctx context.Context, token, hint string) admission {
+	why := "no_hint"
+	if hint != "" {
+		mu := s.lockStripe(hint)
+		if s.hub.count(hint) == 0 {
+			adm, done := s.admitFirst(token, hint, mu)
+			if done {
+				return adm
+			}
+			why = adm.why
+		} else {
+			// Another socket of the client is here: nothing to mark, and
+			// no reason to hold its stripe over a round trip. Should the
+			// others close meanwhile, attach sees a first socket.
+			mu.Unlock()
+			why = "raced"
+		}
+	}
+	rec, status := s.consumeToken(ctx, token)
+	if status != tokenOK {
+		return admission{status: status}
+	}
+	return admission{rec: rec, status: tokenOK, mu: s.lockStripe(rec.Client), why: why}
+}
+
+// admitFirst runs connect.lua for the first socket of hint, whose stripe
+// mu the caller holds. It reports done=false (with mu let go and why set)
+// when the caller should take the token the way it did before the merge.
+func (s *Server) admitFirst(token, hint string, mu *sync.Mutex) (admission, bool) {
+	// Not the request's context: a browser that gives up must not cancel a
+	// script that may already have marked it online.
+	ctx, cancel := s.redisCtx()
+	res, err := s.st.Connect(ctx, store.ConnectRequest{Token: token, Client: hint, Node: s.cfg.NodeID,
+		Online: s.event(wire.EventOnline, hint, "", s.cfg.NodeID, "", 1)})
+	cancel()
+	switch {
+	case errors.Is(err, store.ErrRedisFull):
+		// Refused at its first write: nothing was written, the token is
+		// still there. Take it alone and accept the socket, as before the
+		// merge; attach's online.lua then fails the same way and marks
+		// presence dirty.
+		s.metrics.redisErrs.Inc()
+		s.setRedisFull(true, "err", err)
+		mu.Unlock()
+		return admission{why: "redis_full"}, false
+	case err != nil:
+		s.metrics.redisErrs.Inc()
+		s.log.Warn("connect script failed", "client", hint, "err", err)
+		// The script may have run all the same (a reply lost to a
+		// timeout): the client would then be online here without a
+		// socket, which the resync finds in im:nodeclients and ends.
+		s.markDirty()
+		mu.Unlock()
+		return admission{status: tokenRedisDown}, true
+	}
+	switch res.Status {
+	case store.TokenForeign:
+		mu.Unlock()
+		return admission{status: tokenForeign}, true
+	case store.TokenMissing:
+		mu.Unlock()
+		return admission{status: tokenMissing}, true
+	}
+	rec, derr := wire.DecodeTokenRecord(res.Record)
+	if derr != nil {
+		s.metrics.malformed.Inc()
+		s.log.Warn("ignored a malformed token record", "err", derr)
+		if res.Online != nil {
+			// The script vouched for the client and the meta, not for
+			// everything Go decodes: take back the presence it wrote.
+			s.undoOnline(admission{rec: wire.TokenRecord{Client: hint}, online: res.Online})
+		}
+		mu.Unlock()
+		return admission{status: tokenMissing}, true
+	}
+	if res.Online == nil {
+		// Consumed without presence: the record names another client than
+		// the URL, or a meta the script does not vouch for.
+		mu.Unlock()
+		return admission{rec: rec, status: tokenOK, mu: s.lockStripe(rec.Client), why: "mismatch"}, true
+	}
+	return admission{rec: rec, status: tokenOK, mu: mu, online: res.Online}, true
+}
+
+// undoOnline takes back what a connect script wrote for a first socket
+// that then did not attach (the handshake failed, or the record did not
+// decode); the caller holds the client's stripe, so no socket of it is
+// here. A client in its offline grace keeps the presence the grace holds,
+// and ends it when the grace does. The online event the script may have
+// emitted is followed by an offline one: the client did appear.
+func (s *Server) undoOnline(adm admission) {
+	if adm.online == nil || s.hub.count(adm.rec.Client) > 0 || s.inGrace(adm.rec.Client) {
+		return
+	}
+	if _, err := s.markOffline(adm.rec.Client, adm.rec.Meta, s.cfg.NodeID, wire.ReasonClosed, adm.online.Chans, false); err != nil {
+		s.log.Warn("failed to take back a connect's presence; will resync", "client", adm.rec.Client, "err", err)
+		s.markDirty()
 	}
 }
 

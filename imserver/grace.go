@@ -70,8 +70,7 @@ func (s *Server) inGrace(id string) bool {
 // endGrace marks the client offline unless it came back here meanwhile.
 func (s *Server) endGrace(e *graceEntry, how string) {
 	defer s.graceWG.Done()
-	mu := s.stripe(e.id)
-	mu.Lock()
+	mu := s.lockStripe(e.id)
 	defer mu.Unlock()
 	s.graceMu.Lock()
 	current := s.grace[e.id] == e

@@ -38,6 +38,8 @@ type metrics struct {
 	sweeps     *prometheus.CounterVec
 	graceEnds  *prometheus.CounterVec
 	forwarded  prometheus.Counter
+	// First sockets whose presence took a second round trip (admit).
+	connectFallbacks *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -47,6 +49,13 @@ func newMetrics() *metrics {
 	m.nodes = prometheus.NewGauge(prometheus.GaugeOpts{Name: "im_nodes", Help: "Live nodes in this node's view of the registry, itself included."})
 	m.connects = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_connects_total", Help: "Accepted WebSocket connections."})
 	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_refusals_total", Help: "Refused connection attempts by reason."}, []string{"reason"})
+	m.connectFallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_connect_fallbacks_total",
+		Help: "First sockets of a client whose presence took a second Redis round trip (online.lua after the token) instead of the connect script's one, by reason: " +
+			"no_hint (the URL names no client), mismatch (the token record names another client than the URL, or a meta the script does not vouch for), " +
+			"raced (the client's other sockets here closed while its token was read), redis_full (the script was refused at maxmemory)."}, []string{"reason"})
+	for _, r := range []string{"no_hint", "mismatch", "raced", "redis_full"} {
+		m.connectFallbacks.WithLabelValues(r) // exported at 0, so that a rate can be taken from the start
+	}
 	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_closes_total", Help: "Closed connections by reason."}, []string{"reason"})
 	m.messagesIn = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "im_messages_in_total", Help: "Messages received from Redis by kind."}, []string{"kind"})
 	m.delivered = prometheus.NewCounter(prometheus.CounterOpts{Name: "im_frames_delivered_total", Help: "Frames written to sockets."})
@@ -79,7 +88,7 @@ func newMetrics() *metrics {
 	build.WithLabelValues(bi.Version, bi.Revision, bi.GoVersion).Set(1)
 	m.reg.MustRegister(build)
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.reg.MustRegister(m.conns, m.clients, m.nodes, m.connects, m.refusals, m.closes, m.messagesIn,
+	m.reg.MustRegister(m.conns, m.clients, m.nodes, m.connects, m.refusals, m.connectFallbacks, m.closes, m.messagesIn,
 		m.delivered, m.dropped, m.slowCloses, m.malformed, m.overflow, m.unknownVersion, m.outboxDropped, m.reconnects, m.redisErrs, m.untracked, m.latency)
 	return m
 }

@@ -9,18 +9,26 @@ import (
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
-// attach registers a socket; the caller holds the client's stripe and, once
-// it has let go of it, passes the returned topics to syncTopics (never
-// while holding a stripe: a pub/sub worker may be waiting on it).
+// attach registers a socket; the caller holds the client's stripe (admit
+// took it) and, once it has let go of it, passes the returned topics to
+// syncTopics (never while holding a stripe: a pub/sub worker may be
+// waiting on it).
 //
-// The first socket of a client marks it online in Redis and loads its
-// channels, in one script, after it is visible in the hub: a join published
-// meanwhile is then either in the loaded set or applied by the join handler.
-func (s *Server) attach(cn *conn, rec wire.TokenRecord) (topics []string) {
+// The first socket of a client is marked online in Redis, its channels
+// loaded, in one script that runs while the client's stripe is held and
+// before the socket is visible in the hub; a join published meanwhile is
+// then either in the loaded set or, its handler waiting for the stripe,
+// applied once the socket is here. That script is the connect's own
+// (adm.online, connect.lua, run by admit) or, when admit could not run it,
+// online.lua here, after hub.add.
+func (s *Server) attach(cn *conn, adm admission) (topics []string) {
+	rec := adm.rec
 	c, first := s.hub.add(rec.Client, rec.Meta, cn)
 	s.metrics.conns.Inc()
 	s.metrics.connects.Inc()
 	if !first {
+		// adm.online is nil: admit runs the connect script only while the
+		// stripe, held since, saw no socket of the client here.
 		return nil
 	}
 	s.metrics.clients.Inc()
@@ -31,6 +39,10 @@ func (s *Server) attach(cn *conn, rec wire.TokenRecord) (topics []string) {
 	if wire.Owner(c.id, s.liveNodes()) != s.cfg.NodeID {
 		s.moveLater(c.id, s.cfg.LeaseTTL/3+time.Second)
 	}
+	if adm.online != nil {
+		return s.hub.join(c, adm.online.Chans)
+	}
+	s.metrics.connectFallbacks.WithLabelValues(adm.why).Inc()
 	_, chans, err := s.markOnline(c)
 	if err != nil {
 		s.log.Warn("failed to mark client online; will resync", "client", c.id, "err", err)
@@ -125,8 +137,7 @@ func (s *Server) resync(ctx context.Context) error {
 	var topics []string
 	defer func() { s.sub.syncTopics(topics) }()
 	for _, c := range s.hub.clientList() {
-		mu := s.stripe(c.id)
-		mu.Lock()
+		mu := s.lockStripe(c.id)
 		err := func() error {
 			c.mu.RLock()
 			alive := len(c.conns) > 0
@@ -192,8 +203,7 @@ func (s *Server) resync(ctx context.Context) error {
 			return err
 		}
 		for _, id := range ids {
-			mu := s.stripe(id)
-			mu.Lock()
+			mu := s.lockStripe(id)
 			if s.hub.get(id) == nil && !s.inGrace(id) {
 				_, err = s.markOffline(id, "", s.cfg.NodeID, wire.ReasonClosed, nil, false)
 			}
@@ -217,8 +227,7 @@ func (s *Server) resync(ctx context.Context) error {
 // before they start receiving the channel, and filled from there once the
 // topic is subscribed, so nothing sent after JoinChan began is missed.
 func (s *Server) applyJoin(id string, chans, pos []string) {
-	mu := s.stripe(id)
-	mu.Lock()
+	mu := s.lockStripe(id)
 	var added []string
 	ready := make(chan struct{})
 	if c := s.hub.get(id); c != nil {
@@ -235,8 +244,7 @@ func (s *Server) applyJoin(id string, chans, pos []string) {
 }
 
 func (s *Server) applyLeave(id string, chans []string) {
-	mu := s.stripe(id)
-	mu.Lock()
+	mu := s.lockStripe(id)
 	var emptied []string
 	if c := s.hub.get(id); c != nil {
 		emptied = s.hub.leave(c, chans)

@@ -56,6 +56,8 @@ type Server struct {
 	// (attach, detach, join, leave) so that their Redis writes keep order.
 	stripeSeed maphash.Seed
 	stripes    [1024]sync.Mutex
+	// testStripeWait is nil but in tests (lockStripe).
+	testStripeWait func(id string)
 
 	nodesMu sync.RWMutex
 	nodes   []string // live node ids, always including this one; guarded by nodesMu
@@ -413,6 +415,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) stripe(id string) *sync.Mutex {
 	return &s.stripes[maphash.String(s.stripeSeed, id)%uint64(len(s.stripes))]
+}
+
+// lockStripe locks id's stripe and returns it. testStripeWait, set only by
+// tests before Start, hears of every lock that has to wait: that is how a
+// test holding a client's stripe (a connect between its script and its
+// socket reaching the hub) learns that a join, a detach, a grace's end or
+// a resync is parked behind it rather than done.
+func (s *Server) lockStripe(id string) *sync.Mutex {
+	mu := s.stripe(id)
+	if s.testStripeWait != nil {
+		if mu.TryLock() {
+			return mu
+		}
+		s.testStripeWait(id)
+	}
+	mu.Lock()
+	return mu
 }
 
 func (s *Server) redisCtx() (context.Context, context.CancelFunc) {

@@ -18,15 +18,16 @@ type Redis struct {
 	k         keys
 	streamCap string // approximate MAXLEN of the event stream
 
-	consumeToken, online, offline, leave, chanOnline, reapDone *rueidis.Lua
-	writeLease, sendKept, chanKept                             *flaggedScript
-	position, readHistory                                      *rueidis.Lua
+	consumeToken, connect, online, offline, leave, chanOnline, reapDone *rueidis.Lua
+	writeLease, sendKept, chanKept                                      *flaggedScript
+	position, readHistory                                               *rueidis.Lua
 }
 
 var (
 	_ Tokens     = (*Redis)(nil)
 	_ Registry   = (*Redis)(nil)
 	_ Presence   = (*Redis)(nil)
+	_ Connects   = (*Redis)(nil)
 	_ Membership = (*Redis)(nil)
 	_ Publisher  = (*Redis)(nil)
 	_ Subscriber = (*Redis)(nil)
@@ -37,8 +38,12 @@ var (
 
 // The Lua scripts; each states its KEYS and ARGV at the top.
 var (
+	//go:embed lua/token.lua
+	luaToken string // prepended to the scripts that take a connect token
 	//go:embed lua/consume_token.lua
 	scriptConsumeToken string
+	//go:embed lua/connect.lua
+	scriptConnect string
 	//go:embed lua/online.lua
 	scriptOnline string
 	//go:embed lua/offline.lua
@@ -85,7 +90,8 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 		rc:           rc,
 		k:            keys{prefix: o.Prefix},
 		streamCap:    fmt.Sprint(o.EventStreamMaxLen),
-		consumeToken: rueidis.NewLuaScript(scriptConsumeToken),
+		consumeToken: rueidis.NewLuaScript(luaToken + scriptConsumeToken),
+		connect:      rueidis.NewLuaScript(luaToken + scriptConnect),
 		online:       rueidis.NewLuaScript(scriptOnline),
 		offline:      rueidis.NewLuaScript(luaLease + scriptOffline),
 		leave:        rueidis.NewLuaScript(scriptLeave),

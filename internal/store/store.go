@@ -41,6 +41,44 @@ const (
 	TokenForeign                     // issued for another node; not consumed
 )
 
+// Connects is a node's side of a connect: a client's first socket costs
+// one script, which takes the token and, when the record names the client
+// the caller expected, marks it online too.
+type Connects interface {
+	// Connect takes req.Token as ConsumeToken does and, if the record
+	// names req.Client and carries a meta the script can vouch for (valid
+	// UTF-8 within wire.MaxMetaLen), marks the client online on req.Node
+	// as MarkOnline does, emitting req.Online with the record's meta if
+	// Redis had the client offline. At maxmemory it fails with
+	// ErrRedisFull having written nothing: the token is still there.
+	Connect(ctx context.Context, req ConnectRequest) (ConnectResult, error)
+}
+
+// ConnectRequest is the input of Connects.Connect.
+type ConnectRequest struct {
+	Token  string
+	Client string     // whom the caller expects the record to name (the URL's hint)
+	Node   string     // the node connecting the client
+	Online wire.Event // the online event; its Meta is ignored (the record's is used)
+}
+
+// ConnectResult is the outcome of Connects.Connect.
+type ConnectResult struct {
+	Status TokenStatus
+	Record []byte // the record, when Status is TokenConsumed
+	// Online is set when the client was also marked online; nil when the
+	// token was consumed without presence (the record names another client
+	// than req.Client, or a meta the script would not vouch for): the
+	// caller then marks it online itself.
+	Online *Online
+}
+
+// Online is what marking a client online found (MarkOnline's results).
+type Online struct {
+	Existed bool     // Redis had the client online already; no event was emitted
+	Chans   []string // the client's channels
+}
+
 // Registry holds the live nodes: a lease per node and an index of them.
 type Registry interface {
 	// WriteLease writes or refreshes the node's lease; renewed reports that
@@ -218,6 +256,7 @@ type Memory interface {
 // Node is what an imserver node needs.
 type Node interface {
 	Tokens
+	Connects
 	Registry
 	Presence
 	Publisher

@@ -17,15 +17,15 @@ import (
 
 // Every redis.call in every script names its key as KEYS[n]: no key is
 // built from ARGV or from data the script read, which a Redis Cluster
-// cannot route. PUBLISH names a channel, not a key. lease.lua's helper
-// takes its key as a parameter, and history.lua's helpers their stream and
-// meta: every call of them must pass KEYS[n].
+// cannot route. PUBLISH names a channel, not a key. lease.lua's and
+// token.lua's helpers take their key as a parameter, and history.lua's
+// helpers their stream and meta: every call of them must pass KEYS[n].
 func TestScriptsDeclareEveryKey(t *testing.T) {
 	files, err := filepath.Glob("lua/*.lua")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no scripts: %v", err)
 	}
-	call := regexp.MustCompile(`(redis\.call\('\w+'|lease_live|epoch_of|append)[,(]\s*([^,)]+)`)
+	call := regexp.MustCompile(`(redis\.call\('\w+'|lease_live|epoch_of|append|take_token)[,(]\s*([^,)]+)`)
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -36,7 +36,7 @@ func TestScriptsDeclareEveryKey(t *testing.T) {
 			t.Errorf("%s: no redis.call found", f)
 		}
 		for _, m := range calls {
-			helperParam := filepath.Base(f) == "lease.lua" && m[2] == "key" ||
+			helperParam := (filepath.Base(f) == "lease.lua" || filepath.Base(f) == "token.lua") && m[2] == "key" ||
 				filepath.Base(f) == "history.lua" && (m[2] == "stream" || m[2] == "meta")
 			if m[1] == "redis.call('PUBLISH'" || helperParam {
 				continue

@@ -100,6 +100,26 @@ type Event struct {
 // Encode returns the event JSON.
 func (e Event) Encode() []byte { b, _ := json.Marshal(e); return b }
 
+// EncodeAroundMeta returns the event's JSON cut where its "meta" goes,
+// for a script that learns the meta only from the token record it reads
+// (connect.lua): head + `,"meta":` + the meta as a JSON string + tail is
+// Encode of the event with that meta, and head + tail is Encode without
+// one. e.Meta is ignored.
+func (e Event) EncodeAroundMeta() (head, tail []byte) {
+	head, _ = json.Marshal(struct {
+		Type   string `json:"type"`
+		Client string `json:"client"`
+		Node   string `json:"node"`
+	}{e.Type, e.Client, e.Node})
+	tail, _ = json.Marshal(struct {
+		Conns  int    `json:"conns"`
+		TS     int64  `json:"ts"`
+		Reason string `json:"reason,omitempty"`
+	}{e.Conns, e.TS, e.Reason})
+	tail[0] = ',' // the rest of the one object: {"conns":… becomes ,"conns":…
+	return head[:len(head)-1], tail
+}
+
 // DecodeEvent parses an event.
 func DecodeEvent(b []byte) (Event, error) {
 	var e Event
@@ -147,6 +167,23 @@ func DecodeTokenRecord(b []byte) (TokenRecord, error) {
 		return r, fmt.Errorf("%w: token record fields", ErrMalformed)
 	}
 	return r, nil
+}
+
+// ClientFromQuery extracts the clientId a /ws URL names (its client
+// parameter, which PrevConnectServer adds after the token); "" if absent,
+// given more than once or not a valid clientId. It is only a hint: the
+// token record says who connects, and a node that trusts the hint for
+// nothing but the keys of its connect script (and the client's lock)
+// falls back to two round trips when it is wrong.
+func ClientFromQuery(rawQuery string) string {
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil || len(q["client"]) != 1 {
+		return ""
+	}
+	if id := q.Get("client"); ValidateClientID(id) == nil {
+		return id
+	}
+	return ""
 }
 
 // TokenFromQuery extracts the token from a /ws query string; "" if absent

@@ -407,3 +407,41 @@ func TestHeaderFastPathTakesOurEncoding(t *testing.T) {
 		t.Fatalf("fast path did not take %s: %+v", EncodeNodeMsg(h), got)
 	}
 }
+
+// The two halves a connect script wraps around the record's meta are the
+// event's JSON exactly, with and without a meta.
+func TestEncodeAroundMeta(t *testing.T) {
+	for _, e := range []Event{
+		{Type: EventOnline, Client: "bob", Node: "node-b", Conns: 1, TS: 1732340000123},
+		{Type: EventOffline, Client: "用户<&>", Node: "n\u2028", Conns: 0, TS: 1, Reason: ReasonClosed},
+	} {
+		head, tail := e.EncodeAroundMeta()
+		if got, want := string(head)+string(tail), string(e.Encode()); got != want {
+			t.Errorf("without meta: %s, want %s", got, want)
+		}
+		for _, meta := range []string{"x", `{"name":"Bob"}`, "<\u2028\\\"\x01&>"} {
+			m, _ := json.Marshal(meta)
+			e.Meta = meta
+			if got, want := string(head)+`,"meta":`+string(m)+string(tail), string(e.Encode()); got != want {
+				t.Errorf("meta %q: %s, want %s", meta, got, want)
+			}
+		}
+	}
+}
+
+func TestClientFromQuery(t *testing.T) {
+	for q, want := range map[string]string{
+		"token=" + NewToken() + "&client=bob": "bob",
+		"client=%E7%94%A8%E6%88%B7":           "用户",
+		"":                                    "",
+		"client=":                             "",
+		"client=a&client=b":                   "",
+		"client=a%20b":                        "",
+		"client=%zz":                          "",
+		"client=" + strings.Repeat("a", 129):  "",
+	} {
+		if got := ClientFromQuery(q); got != want {
+			t.Errorf("ClientFromQuery(%q) = %q, want %q", q, got, want)
+		}
+	}
+}
