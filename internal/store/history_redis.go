@@ -243,7 +243,7 @@ func (r *Redis) Positions(ctx context.Context, streams ...Stream) ([]wire.Positi
 		execs[i] = rueidis.LuaExec{Keys: []string{stream, meta}, Args: []string{ms(metaTTL), wire.NewEpoch()}}
 	}
 	out := make([]wire.Position, len(streams))
-	for i, res := range r.position.ExecMulti(ctx, r.rc, execs...) {
+	for i, res := range r.position.execMulti(ctx, r.rc, execs...) {
 		s, err := res.ToString()
 		if err != nil {
 			return out, full(err)
@@ -264,7 +264,7 @@ func (r *Redis) ReadHistory(ctx context.Context, reqs ...HistoryRequest) ([]Hist
 			Args: []string{strconv.FormatUint(q.After, 10), strconv.Itoa(max(q.Limit, 1)), ms(metaTTL), wire.NewEpoch(), flag(q.Partial)}}
 	}
 	out := make([]HistoryRead, len(reqs))
-	for i, res := range r.readHistory.ExecMulti(ctx, r.rc, execs...) {
+	for i, res := range r.readHistory.execMulti(ctx, r.rc, execs...) {
 		arr, err := res.AsStrSlice()
 		if err != nil {
 			return out, full(err)

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -247,5 +248,58 @@ func TestKeptScriptsRefusedAtMaxmemory(t *testing.T) {
 	}
 	if res := st.PublishKeptBatches(ctx, KeptBatch{Node: "n1", Sends: []KeptNodeMessage{send}}); res[0].Err != nil || res[0].Pos[0][0].Offset != 1 {
 		t.Fatalf("once Redis has room: %+v", res)
+	}
+}
+
+// Scripts run several at a time (kept sends, positions, history reads) are
+// sent as EVALSHA alone: rueidis' ExecMulti would load the whole script
+// before every call, a round trip each. After the script cache is flushed,
+// the next call loads it once and succeeds.
+func TestMultiScriptsLoadOnce(t *testing.T) {
+	st := newTestStore(t)
+	ctx := context.Background()
+	loads := func() int {
+		info, err := st.rc.Do(ctx, st.rc.B().Info().Section("commandstats").Build()).ToString()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "cmdstat_script|load:calls="); ok {
+				n, _ := strconv.Atoi(strings.SplitN(v, ",", 2)[0])
+				return n
+			}
+		}
+		return 0
+	}
+	keep := Keep{Size: 10, TTL: time.Minute}
+	send := func() {
+		t.Helper()
+		h := wire.NodeMsg{Kind: wire.KindSend, To: []string{"bob"}, ID: "m"}
+		if _, err := st.PublishKept(ctx, KeptNodeMessage{Node: "n1", Header: h, Frame: []byte(`{"type":"message"}`), Keep: []Keep{keep}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Positions(ctx, Stream{Client: "bob"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send()
+	first := loads()
+	for range 20 {
+		send()
+	}
+	if n := loads() - first; n != 0 {
+		t.Fatalf("20 more kept sends loaded scripts %d times", n)
+	}
+	if err := st.rc.Do(ctx, st.rc.B().ScriptFlush().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	before := loads()
+	send()
+	if n := loads() - before; n < 1 || n > 2 {
+		t.Fatalf("after SCRIPT FLUSH the scripts were loaded %d times, want once each", n)
+	}
+	p, err := st.Positions(ctx, Stream{Client: "bob"})
+	if err != nil || p[0].Offset != 22 {
+		t.Fatalf("bob's position %v, %v; want offset 22", p, err)
 	}
 }

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"crypto/sha1"
 	_ "embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -20,7 +22,7 @@ type Redis struct {
 
 	consumeToken, connect, online, offline, leave, chanOnline, reapDone *rueidis.Lua
 	writeLease, sendKept, chanKept                                      *flaggedScript
-	position, readHistory                                               *rueidis.Lua
+	position, readHistory                                               *multiScript
 }
 
 var (
@@ -100,8 +102,8 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 		writeLease:   newFlaggedScript("allow-oom", luaLease+scriptWriteLease),
 		sendKept:     newFlaggedScript("", luaHistory+scriptSendKept), // refused at maxmemory: imhelper publishes plainly
 		chanKept:     newFlaggedScript("", luaHistory+scriptChanKept),
-		position:     rueidis.NewLuaScript(luaHistory + scriptPosition),
-		readHistory:  rueidis.NewLuaScript(luaHistory + scriptReadHistory),
+		position:     newMultiScript(luaHistory + scriptPosition),
+		readHistory:  newMultiScript(luaHistory + scriptReadHistory),
 	}
 }
 
@@ -115,7 +117,7 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 // command that may grow memory, so one that first ran a DEL or PEXPIRE
 // (which do not count) went on appending past maxmemory.
 type flaggedScript struct {
-	flagged, plain *rueidis.Lua
+	flagged, plain *multiScript
 	noFlags        atomic.Bool
 }
 
@@ -124,7 +126,50 @@ func newFlaggedScript(flags, src string) *flaggedScript {
 	if flags != "" {
 		line += " flags=" + flags
 	}
-	return &flaggedScript{flagged: rueidis.NewLuaScript(line + "\n" + src), plain: rueidis.NewLuaScript(src)}
+	return &flaggedScript{flagged: newMultiScript(line + "\n" + src), plain: newMultiScript(src)}
+}
+
+// multiScript is a script that is also run several times in one round
+// trip. rueidis' Lua.ExecMulti sends SCRIPT LOAD with the whole script
+// before every such call, which costs a round trip (and the script's bytes)
+// each time; execMulti sends the EVALSHAs alone, and only the calls that
+// find the script missing (a restarted or flushed Redis: NOSCRIPT) go
+// through ExecMulti, which loads it.
+type multiScript struct {
+	*rueidis.Lua
+	sha string
+}
+
+func newMultiScript(src string) *multiScript {
+	sum := sha1.Sum([]byte(src))
+	return &multiScript{Lua: rueidis.NewLuaScript(src), sha: hex.EncodeToString(sum[:])}
+}
+
+func (s *multiScript) execMulti(ctx context.Context, rc rueidis.Client, multi ...rueidis.LuaExec) []rueidis.RedisResult {
+	if len(multi) == 0 {
+		return nil
+	}
+	cmds := make(rueidis.Commands, len(multi))
+	for i, e := range multi {
+		cmds[i] = rc.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
+	}
+	res := rc.DoMulti(ctx, cmds...)
+	var missing []int
+	for i, r := range res {
+		if err, ok := rueidis.IsRedisErr(r.Error()); ok && err.IsNoScript() {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) > 0 {
+		again := make([]rueidis.LuaExec, len(missing))
+		for j, i := range missing {
+			again[j] = multi[i]
+		}
+		for j, r := range s.Lua.ExecMulti(ctx, rc, again...) {
+			res[missing[j]] = r
+		}
+	}
+	return res
 }
 
 // noShebang reports the error of a server that cannot compile the line.
@@ -147,13 +192,13 @@ func (f *flaggedScript) execResult(ctx context.Context, rc rueidis.Client, keys,
 
 func (f *flaggedScript) execMulti(ctx context.Context, rc rueidis.Client, multi ...rueidis.LuaExec) []rueidis.RedisResult {
 	if !f.noFlags.Load() {
-		res := f.flagged.ExecMulti(ctx, rc, multi...)
+		res := f.flagged.execMulti(ctx, rc, multi...)
 		if len(res) == 0 || !noShebang(res[0].Error()) {
 			return res
 		}
 		f.noFlags.Store(true)
 	}
-	return f.plain.ExecMulti(ctx, rc, multi...)
+	return f.plain.execMulti(ctx, rc, multi...)
 }
 
 // CheckURL reports whether url is a Redis URL that Dial can use.
