@@ -82,7 +82,7 @@ func (s *Server) newSockWriter(nc net.Conn) *sockWriter {
 	// a WebSocket lives until it closes (the heartbeat finds dead peers).
 	_ = nc.SetReadDeadline(time.Time{})
 	limitUnsent(nc, sockUnsent)
-	return &sockWriter{Conn: nc, raw: newRawWriter(nc), metrics: s.metrics, maxQueue: s.cfg.MaxQueueBytes, spawn: s.startGoroutine}
+	return &sockWriter{Conn: nc, raw: newRawWriter(nc), behind: &s.behind, metrics: s.metrics, maxQueue: s.cfg.MaxQueueBytes, spawn: s.startGoroutine}
 }
 
 // newConn ties a socket's writer to it once the handshake is done.

@@ -97,41 +97,8 @@ func TestDeliveryOverflow(t *testing.T) {
 		}()
 	}
 
-	// Send to every receiver at once (one PUBLISH for the node, one append
-	// per receiver) from many goroutines until the node has dropped
-	// messages from its subscription.
-	var next atomic.Int64
-	var sendErr atomic.Value
-	var sentMu sync.Mutex
-	sent := make(map[int]bool)
-	var wg sync.WaitGroup
-	for range senders {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				k := int(next.Add(1))
-				if k > maxSends || (k%500 == 0 && k > 2000 && p.metric(t, "im_pubsub_overflow_total") > 0) {
-					return
-				}
-				if _, err := im.SendMessage(bg, "s", ids, fmt.Sprintf(`{"k":%d}`, k)); err != nil {
-					sendErr.Store(err)
-					return
-				}
-				sentMu.Lock()
-				sent[k] = true
-				sentMu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	if err, _ := sendErr.Load().(error); err != nil {
-		t.Fatal(err)
-	}
+	sent := sendUntilOverflow(t, p, im, ids, senders, maxSends)
 	overflow := p.metric(t, "im_pubsub_overflow_total")
-	if overflow == 0 {
-		t.Fatalf("the node never overflowed in %d sends; the test did not exercise the drop", len(sent))
-	}
 	if _, err := im.SendMessage(bg, "s", ids, `{"end":true}`); err != nil {
 		t.Fatal(err)
 	}
@@ -220,29 +187,7 @@ func TestOverflowUnkeptTold(t *testing.T) {
 			}
 		}()
 	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range senders {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				k := int(next.Add(1))
-				if k > maxSends || (k%500 == 0 && k > 2000 && p.metric(t, "im_pubsub_overflow_total") > 0) {
-					return
-				}
-				if _, err := im.SendMessage(bg, "s", ids, fmt.Sprintf(`{"k":%d}`, k)); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	sent := int(min(next.Load()-senders, maxSends))
-	if p.metric(t, "im_pubsub_overflow_total") == 0 {
-		t.Fatalf("the node never overflowed; the test did not exercise the drop")
-	}
+	sent := len(sendUntilOverflow(t, p, im, ids, senders, maxSends))
 	// Every reader ends with an end marker (sent again while one can be
 	// dropped too) and, if it missed messages, the notice.
 	checkFor(t, time.Minute, func() error {
@@ -266,6 +211,46 @@ func TestOverflowUnkeptTold(t *testing.T) {
 	for i, r := range results {
 		t.Logf("%s: %d of about %d messages, told of the loss: %v", ids[i], r.got, sent, r.told)
 	}
+}
+
+// sendUntilOverflow sends numbered messages to every receiver at once (one
+// PUBLISH for the node) from many goroutines until node p has dropped
+// messages from its subscription, and returns the numbers sent. It fails
+// the test if the node never dropped one.
+func sendUntilOverflow(t *testing.T, p *nodeProc, im *imhelper.Client, ids []string, senders, maxSends int) map[int]bool {
+	t.Helper()
+	var next atomic.Int64
+	var sendErr atomic.Value
+	var sentMu sync.Mutex
+	sent := make(map[int]bool)
+	var wg sync.WaitGroup
+	for range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1))
+				if k > maxSends || (k%500 == 0 && k > 2000 && p.metric(t, "im_pubsub_overflow_total") > 0) {
+					return
+				}
+				if _, err := im.SendMessage(bg, "s", ids, fmt.Sprintf(`{"k":%d}`, k)); err != nil {
+					sendErr.Store(err)
+					return
+				}
+				sentMu.Lock()
+				sent[k] = true
+				sentMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := sendErr.Load().(error); err != nil {
+		t.Fatal(err)
+	}
+	if p.metric(t, "im_pubsub_overflow_total") == 0 {
+		t.Fatalf("the node never overflowed in %d sends; the test did not exercise the drop", len(sent))
+	}
+	return sent
 }
 
 // The fault tests below run real node processes under traffic and count

@@ -200,31 +200,27 @@ func (h *hub) sendClient(id string, p wire.Position, f outFrame) bool {
 // sendTopic queues f on every socket of every local member of ch; p is f's
 // position in the channel's stream (zero if it has none).
 func (h *hub) sendTopic(ch string, p wire.Position, f outFrame) int {
-	lp := memberLists.Get().(*[]*client)
-	members := (*lp)[:0]
-	h.topicsMu.RLock()
-	for c := range h.topics[ch] {
-		members = append(members, c)
-	}
-	h.topicsMu.RUnlock()
-	n := fanOut(members, func(c *client) int { return c.sendAt(ch, p, f) })
-	putMembers(lp, members)
-	return n
+	return h.fanOutTopic(ch, func(c *client) int { return c.sendAt(ch, p, f) })
 }
 
 // sendAll queues f on every local socket.
 func (h *hub) sendAll(f outFrame) int {
-	lp := memberLists.Get().(*[]*client)
-	members := (*lp)[:0]
-	h.each(func(c *client) { members = append(members, c) })
-	n := fanOut(members, func(c *client) int { return c.send(f) })
-	putMembers(lp, members)
-	return n
+	return h.fanOutAll(func(c *client) int { return c.send(f) })
 }
 
 // sendTopicRun queues frames fs of ch, at positions ps, on every socket
 // of every local member, each socket's run together (conn.deliverRun).
 func (h *hub) sendTopicRun(ch string, ps []wire.Position, fs []outFrame) int {
+	return h.fanOutTopic(ch, func(c *client) int { return c.sendRun(ch, ps, fs) })
+}
+
+// sendAllRun queues broadcast frames fs on every local socket.
+func (h *hub) sendAllRun(fs []outFrame) int {
+	return h.fanOutAll(func(c *client) int { return c.sendRun("", nil, fs) })
+}
+
+// fanOutTopic calls send for every local member of ch, on a snapshot.
+func (h *hub) fanOutTopic(ch string, send func(*client) int) int {
 	lp := memberLists.Get().(*[]*client)
 	members := (*lp)[:0]
 	h.topicsMu.RLock()
@@ -232,17 +228,17 @@ func (h *hub) sendTopicRun(ch string, ps []wire.Position, fs []outFrame) int {
 		members = append(members, c)
 	}
 	h.topicsMu.RUnlock()
-	n := fanOut(members, func(c *client) int { return c.sendRun(ch, ps, fs) })
+	n := fanOut(members, send)
 	putMembers(lp, members)
 	return n
 }
 
-// sendAllRun queues broadcast frames fs on every local socket.
-func (h *hub) sendAllRun(fs []outFrame) int {
+// fanOutAll calls send for every local client, on a snapshot.
+func (h *hub) fanOutAll(send func(*client) int) int {
 	lp := memberLists.Get().(*[]*client)
 	members := (*lp)[:0]
 	h.each(func(c *client) { members = append(members, c) })
-	n := fanOut(members, func(c *client) int { return c.sendRun("", nil, fs) })
+	n := fanOut(members, send)
 	putMembers(lp, members)
 	return n
 }

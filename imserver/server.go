@@ -80,6 +80,7 @@ type Server struct {
 	fillSlots    chan struct{}
 	sweepPending atomic.Bool  // a sweepStreams is scheduled
 	losses       unkeptLosses // dropped messages no stream kept, told at the next sweep
+	behind       atomic.Int32 // subscriber workers with a backlog (backlog.behind)
 	// forwardUntil (unix nanos) ends the forwarding window that a change
 	// of the node set opens (forward.go); forwardSlots bounds its lookups.
 	forwardUntil atomic.Int64

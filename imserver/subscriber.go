@@ -87,7 +87,7 @@ func (s *Server) newSubscriber() *subscriber {
 			s.losses.note(m)           // told to who has no stream for it
 			s.sweepStreams("overflow") // the streams hold what was kept
 		},
-		backlog: &backlog{maxBytes: int64(s.cfg.SubscriberQueueBytes), maxMsgs: s.cfg.SubscriberQueue},
+		backlog: &backlog{maxBytes: int64(s.cfg.SubscriberQueueBytes), maxMsgs: s.cfg.SubscriberQueue, behind: &s.behind},
 		seed:    maphash.MakeSeed(),
 		kick:    make(chan struct{}, 1),
 	}

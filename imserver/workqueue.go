@@ -24,7 +24,19 @@ type backlog struct {
 	maxBytes int64 // payload bytes over every worker
 	maxMsgs  int   // messages per worker
 	bytes    atomic.Int64
+	// behind counts the workers that took more than behindAfter messages
+	// at once: the node is behind. A frame for an idle socket is then
+	// queued for the socket's writer goroutine, which sends what piles up
+	// with one write(2), instead of being written alone by the worker
+	// (sockWriter.enqueue): a p2p backlog is many sockets' frames, one
+	// each, that batching per socket serves at fewer writes. Runs
+	// (enqueueRun) batch by themselves and ignore it.
+	behind *atomic.Int32
 }
+
+// behindAfter is how many messages a worker takes at once before the node
+// counts as behind.
+const behindAfter = 32
 
 // msgCost is what a queued message counts against the byte bound: its
 // strings and the slot that holds it.
@@ -67,11 +79,25 @@ const spareMax = 4096
 // them with one write (routeRun); anything else goes alone.
 func (q *workQueue) work(ctx context.Context, b *backlog, handle func([]store.Message)) {
 	var spare []store.Message
+	isBehind := false
+	defer func() {
+		if isBehind {
+			b.behind.Add(-1)
+		}
+	}()
 	for {
 		q.mu.Lock()
 		batch := q.items
 		q.items = spare
 		q.mu.Unlock()
+		if now := len(batch) > behindAfter; now != isBehind {
+			isBehind = now
+			if now {
+				b.behind.Add(1)
+			} else {
+				b.behind.Add(-1)
+			}
+		}
 		if len(batch) == 0 {
 			spare = batch
 			select {

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/imbroker/imbroker/internal/store"
@@ -16,7 +17,7 @@ func TestWorkQueueBounds(t *testing.T) {
 	msg := func(i int) store.Message {
 		return store.Message{Kind: store.ToNode, Payload: strconv.Itoa(i) + "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}
 	}
-	b := &backlog{maxBytes: 10 * msgCost(msg(0)), maxMsgs: 1 << 20}
+	b := &backlog{maxBytes: 10 * msgCost(msg(0)), maxMsgs: 1 << 20, behind: new(atomic.Int32)}
 	q := newWorkQueue()
 	var took, dropped []int
 	for i := range 20 {
@@ -59,7 +60,7 @@ func TestWorkQueueBounds(t *testing.T) {
 		t.Fatalf("backlog holds %d bytes after the worker took everything", n)
 	}
 	// The message bound per worker applies too.
-	b2 := &backlog{maxBytes: 1 << 30, maxMsgs: 2}
+	b2 := &backlog{maxBytes: 1 << 30, maxMsgs: 2, behind: new(atomic.Int32)}
 	q2 := newWorkQueue()
 	if !q2.push(msg(0), b2, false) || !q2.push(msg(1), b2, false) || q2.push(msg(2), b2, false) {
 		t.Fatal("per-worker message bound not applied")
@@ -69,7 +70,7 @@ func TestWorkQueueBounds(t *testing.T) {
 // Consecutive messages of one channel that waited together are handed
 // over as one run; a message of another channel or kind ends the run.
 func TestWorkQueueRuns(t *testing.T) {
-	b := &backlog{maxBytes: 1 << 30, maxMsgs: 1 << 20}
+	b := &backlog{maxBytes: 1 << 30, maxMsgs: 1 << 20, behind: new(atomic.Int32)}
 	q := newWorkQueue()
 	msgs := []store.Message{
 		{Kind: store.ToChannel, Channel: "a", Payload: "1"},

@@ -52,7 +52,8 @@ type outFrame struct {
 // goroutine here.
 type sockWriter struct {
 	net.Conn
-	raw      *rawWriter // nil: every frame goes through the writer goroutine
+	raw      *rawWriter    // nil: every frame goes through the writer goroutine
+	behind   *atomic.Int32 // non-zero: the node is behind, queue so that frames batch (backlog.behind)
 	metrics  *metrics
 	maxQueue int
 	spawn    func(func()) bool // starts a goroutine the server tracks
@@ -126,7 +127,7 @@ func (w *sockWriter) enqueue(f outFrame) bool {
 		w.onSlow()
 		return false
 	}
-	if !w.writing && len(w.queue) == 0 && w.raw != nil && w.bursts.Load() == 0 {
+	if !w.writing && len(w.queue) == 0 && w.raw != nil && w.bursts.Load() == 0 && w.behind.Load() == 0 {
 		w.writing = true // ours until writeNow is done: others queue behind
 		w.queued += len(f.b)
 		w.mu.Unlock()
@@ -221,11 +222,7 @@ func (w *sockWriter) writeNow(fs ...outFrame) {
 	w.mu.Lock()
 	w.queued -= total
 	if err != nil {
-		w.dataStopped, w.closeQueued = true, true
-		w.queue = nil
-		w.exitLocked()
-		w.mu.Unlock()
-		w.onBroken()
+		w.brokenLocked()
 		return
 	}
 	// Put back, ahead of what was queued meanwhile: the rest of a frame
@@ -347,15 +344,21 @@ func (w *sockWriter) writeLoop() {
 		w.queued -= n
 		w.spare = batch[:0]
 		if err != nil {
-			w.dataStopped, w.closeQueued = true, true
-			w.queue = nil
-			w.exitLocked()
-			w.mu.Unlock()
-			w.onBroken()
+			w.brokenLocked()
 			return
 		}
 		w.mu.Unlock()
 	}
+}
+
+// brokenLocked ends the writer after a failed write: nothing more is
+// queued or written. It unlocks mu and reports the socket broken.
+func (w *sockWriter) brokenLocked() {
+	w.dataStopped, w.closeQueued = true, true
+	w.queue = nil
+	w.exitLocked()
+	w.mu.Unlock()
+	w.onBroken()
 }
 
 func (w *sockWriter) exitLocked() {
