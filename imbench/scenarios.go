@@ -497,7 +497,7 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 	}
 	t.Notes = append(t.Notes, "latency: from the send time in the payload (ns, taken just before SendMessage) to the receiving load process reading the frame; receivers are uniform random; \"sent msg/s\" is what the publishers achieved")
 	if B > 1 {
-		t.Notes = append(t.Notes, fmt.Sprintf("-batch %d: each publisher sends its messages %d per SendMessages call, when the last of them is due, all stamped with that call's send time; sent, lost and dup count messages (a failed call counts all of its messages as errors, although part of it may have been delivered)", B, B))
+		t.Notes = append(t.Notes, fmt.Sprintf("-batch %d: each publisher sends its messages %d per SendMessages call, the publishers' calls spread evenly over the interval between two, all stamped with that call's send time; sent, lost and dup count messages (a failed call counts all of its messages as errors, although part of it may have been delivered)", B, B))
 	}
 	e.note(t, load0)
 	return t, rows, nil
@@ -506,16 +506,21 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 // p2pBatches is one p2p publisher's step with -batch B: its mine messages,
 // B per SendMessages call, each to a random client and numbered from seq
 // like SendMessage's, so that the receivers' loss and duplicate accounting
-// is the same. A call goes when the last of its messages is due on the
-// publisher's schedule, so the step's rate is the target's.
+// is the same. A publisher's calls are B message intervals apart, and the
+// publishers' phases are spread evenly over that interval, so that the
+// node sees the step's rate and not every publisher's batch at once
+// (phases one message interval apart made bursts of P×B messages, whose
+// queueing, not the broker's, was the latency).
 func (e *env) p2pBatches(ctx context.Context, B, mine int, from string, rng *rand.Rand, C, step, p, P int, perPub float64,
 	start time.Time, seq, sent, errs *atomic.Int64) {
 	bufs := make([][]byte, B)
 	msgs := make([]imhelper.Outgoing, B)
 	for j := 0; j < mine && ctx.Err() == nil; {
 		n := min(B, mine-j)
-		last := j + n - 1
-		due := start.Add(time.Duration((float64(last) + float64(p)/float64(P)) / perPub * float64(time.Second)))
+		// Never later than its last message's own due time (a short
+		// last call), so that the step ends on time.
+		at := min(float64(j)+float64(B)*float64(p)/float64(P), float64(j+n-1)+float64(p)/float64(P))
+		due := start.Add(time.Duration(at / perPub * float64(time.Second)))
 		if d := time.Until(due); d > 0 {
 			time.Sleep(d)
 		}
