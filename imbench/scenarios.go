@@ -517,10 +517,7 @@ func (e *env) p2pBatches(ctx context.Context, B, mine int, from string, rng *ran
 	msgs := make([]imhelper.Outgoing, B)
 	for j := 0; j < mine && ctx.Err() == nil; {
 		n := min(B, mine-j)
-		// Never later than its last message's own due time (a short
-		// last call), so that the step ends on time.
-		at := min(float64(j)+float64(B)*float64(p)/float64(P), float64(j+n-1)+float64(p)/float64(P))
-		due := start.Add(time.Duration(at / perPub * float64(time.Second)))
+		due := start.Add(time.Duration(batchDue(j, n, B, p, P) / perPub * float64(time.Second)))
 		if d := time.Until(due); d > 0 {
 			time.Sleep(d)
 		}
@@ -540,6 +537,15 @@ func (e *env) p2pBatches(ctx context.Context, B, mine int, from string, rng *ran
 		}
 		j += n
 	}
+}
+
+// batchDue is when publisher p of P sends the call holding its messages
+// j..j+n-1 (n ≤ B), in message intervals from the step's start: the
+// publishers' calls are spread evenly over the B intervals between two of
+// one publisher's calls, and a call is never later than its last
+// message's own due time (a short last call), so the step ends on time.
+func batchDue(j, n, B, p, P int) float64 {
+	return min(float64(j)+float64(B)*float64(p)/float64(P), float64(j+n-1)+float64(p)/float64(P))
 }
 
 // storm: C clients connect, their sockets drop, each is sent -missed
