@@ -154,6 +154,12 @@ func (c *Client) connect(ctx context.Context) error {
 		// c is not shared yet; the view written by an abandoned dial is
 		// never read.
 		st := store.NewRedis(rc, store.Options{Prefix: c.opt.Prefix})
+		if err := st.CheckBackend(); err != nil {
+			if ownsRC {
+				rc.Close()
+			}
+			return nil, err
+		}
 		if err := loadNodes(ctx, st, &c.view); err != nil {
 			if ownsRC {
 				rc.Close()

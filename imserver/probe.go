@@ -9,7 +9,7 @@ import (
 )
 
 // probeLoop publishes a probe to the node's own channel every
-// ProbeInterval; if probes stop arriving on a subscription that looks
+// ProbeInterval (and, on a Cluster, one to each master: Subscription.Probe); if probes stop arriving on a subscription that looks
 // alive (Redis dropped it behind our back), it makes the subscriber
 // reconnect.
 func (s *Server) probeLoop(ctx context.Context) {
@@ -31,6 +31,12 @@ func (s *Server) probeLoop(ctx context.Context) {
 		}
 		cctx, cancel := s.redisCtx()
 		_ = s.st.PublishNodes(cctx, store.NodeMessage{Node: s.cfg.NodeID, Msg: msg})
+		// On a Cluster the node channel is on one master; the
+		// subscription probes its connections to the others itself and
+		// fails (its Done) when one stops delivering.
+		if cur := s.sub.current(); cur != nil {
+			_ = cur.Probe(cctx)
+		}
 		cancel()
 	}
 }

@@ -132,11 +132,18 @@ func New(cfg Config, redis rueidis.Client, logger *slog.Logger) (*Server, error)
 		}
 		owned = rc
 	}
+	st := store.NewRedis(rc, store.Options{Prefix: cfg.Prefix, EventStreamMaxLen: cfg.EventStreamMaxLen})
+	if err := st.CheckBackend(); err != nil {
+		if owned != nil {
+			owned.Close()
+		}
+		return nil, err
+	}
 	s := &Server{
 		cfg:          cfg,
 		log:          logger,
 		rc:           owned,
-		st:           store.NewRedis(rc, store.Options{Prefix: cfg.Prefix, EventStreamMaxLen: cfg.EventStreamMaxLen}),
+		st:           st,
 		started:      time.Now().UnixMilli(),
 		hub:          newHub(),
 		metrics:      newMetrics(),

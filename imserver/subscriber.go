@@ -110,6 +110,13 @@ func (sub *subscriber) healthy() bool {
 // probeSeen records a probe the node sent itself.
 func (sub *subscriber) probeSeen() { sub.lastProbe.Store(time.Now().UnixNano()) }
 
+// current is the live subscription, or nil.
+func (sub *subscriber) current() store.Subscription {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return sub.cur
+}
+
 // reconnect makes run drop the subscription and subscribe again.
 func (sub *subscriber) reconnect() {
 	select {

@@ -63,6 +63,15 @@ func (k keys) topicChannel(ch string) string { return k.prefix + "c:" + ch }
 // topicPrefix is topicChannel without the channel name.
 func (k keys) topicPrefix() string { return k.prefix + "c:" }
 
+// probeChannel is node's probe channel on the Cluster master serving the
+// slot of hash tag tag: the node publishes to it to learn that its
+// connection to that master still delivers (a sharded channel, Cluster
+// only). The tag comes first, so that it is the name's hash tag whatever
+// the node id holds.
+func (k keys) probeChannel(node, tag string) string {
+	return k.prefix + "probe:{" + tag + "}:" + node
+}
+
 // broadcastChannel carries frames for every online client.
 func (k keys) broadcastChannel() string { return k.prefix + "broadcast" }
 

@@ -2,7 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
+	"net"
 	"strings"
+	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -10,26 +13,73 @@ import (
 // PublishNodes implements Publisher.
 func (r *Redis) PublishNodes(ctx context.Context, msgs ...NodeMessage) error {
 	if len(msgs) == 1 {
-		return r.rc.Do(ctx, r.publish(r.k.nodeChannel(msgs[0].Node), msgs[0].Msg)).Error()
+		return r.doPublish(ctx, r.publish(r.k.nodeChannel(msgs[0].Node), msgs[0].Msg))
 	}
 	cmds := make(rueidis.Commands, len(msgs))
 	for i, m := range msgs {
 		cmds[i] = r.publish(r.k.nodeChannel(m.Node), m.Msg)
 	}
-	return firstErr(r.rc.DoMulti(ctx, cmds...))
+	var first error
+	for i, res := range r.rc.DoMulti(ctx, cmds...) {
+		err := res.Error()
+		if r.cluster && isDialError(err) { // never sent: see doPublish
+			err = r.doPublish(ctx, cmds[i])
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // PublishChannel implements Publisher.
 func (r *Redis) PublishChannel(ctx context.Context, ch string, frame []byte) error {
-	return r.rc.Do(ctx, r.publish(r.k.topicChannel(ch), frame)).Error()
+	return r.doPublish(ctx, r.publish(r.k.topicChannel(ch), frame))
 }
 
-// PublishBroadcast implements Publisher.
+// doPublish runs one publish. On a Cluster, right after a failover rueidis
+// may still route a slot to the dead master until its next slot map
+// refresh, which the failed dial itself triggers: a publish that could not
+// even connect was never sent, so it is tried again (within ctx, for at
+// most twice DialTimeout) instead of failing a send that the new master
+// would take. Any other error is returned as is: a PUBLISH that may have
+// reached Redis is never repeated.
+func (r *Redis) doPublish(ctx context.Context, cmd rueidis.Completed) error {
+	err := r.rc.Do(ctx, cmd).Error()
+	if !r.cluster {
+		return err
+	}
+	give := time.Now().Add(2 * DialTimeout) // a failover's refresh took 0.7-0.8 s in tests
+	for wait := 20 * time.Millisecond; isDialError(err) && time.Now().Before(give); wait = min(2*wait, 320*time.Millisecond) {
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		err = r.rc.Do(ctx, cmd).Error()
+	}
+	return err
+}
+
+// isDialError reports an error from connecting, before anything was sent.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// PublishBroadcast implements Publisher. On a Cluster the broadcast channel
+// is one sharded channel: its master pushes each broadcast once to every
+// node (one subscriber connection each), where a plain PUBLISH would also
+// be copied over the Cluster bus to every other Redis node.
 func (r *Redis) PublishBroadcast(ctx context.Context, frame []byte) error {
-	return r.rc.Do(ctx, r.publish(r.k.broadcastChannel(), frame)).Error()
+	return r.doPublish(ctx, r.publish(r.k.broadcastChannel(), frame))
 }
 
+// publish is PUBLISH, or SPUBLISH on a Cluster (pubsub_cluster.go).
 func (r *Redis) publish(channel string, msg []byte) rueidis.Completed {
+	if r.cluster { // pinned: doPublish may send it again
+		return r.rc.B().Spublish().Channel(channel).Message(rueidis.BinaryString(msg)).Build().Pin()
+	}
 	return r.rc.B().Publish().Channel(channel).Message(rueidis.BinaryString(msg)).Build()
 }
 
@@ -50,9 +100,25 @@ type redisSub struct {
 
 // Subscribe implements Subscriber.
 func (r *Redis) Subscribe(ctx context.Context, node string, onMessage func(Message)) (Subscription, error) {
-	nodeCh, bcast, topics := r.k.nodeChannel(node), r.k.broadcastChannel(), r.k.topicPrefix()
+	route := r.router(node, onMessage)
+	if r.cluster {
+		return r.subscribeCluster(ctx, node, route)
+	}
 	dc, release := r.rc.Dedicate()
-	wait := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: func(m rueidis.PubSubMessage) {
+	wait := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: route})
+	s := &redisSub{r: r, node: node, dc: dc, release: release, wait: wait}
+	if err := s.subscribe(ctx, []string{r.k.nodeChannel(node), r.k.broadcastChannel()}); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// router turns what a node's subscription receives into Messages for
+// onMessage, by the channel it came on.
+func (r *Redis) router(node string, onMessage func(Message)) func(rueidis.PubSubMessage) {
+	nodeCh, bcast, topics := r.k.nodeChannel(node), r.k.broadcastChannel(), r.k.topicPrefix()
+	return func(m rueidis.PubSubMessage) {
 		switch {
 		case m.Channel == nodeCh:
 			onMessage(Message{Kind: ToNode, Payload: m.Message})
@@ -61,13 +127,7 @@ func (r *Redis) Subscribe(ctx context.Context, node string, onMessage func(Messa
 		case strings.HasPrefix(m.Channel, topics):
 			onMessage(Message{Kind: ToChannel, Channel: m.Channel[len(topics):], Payload: m.Message})
 		}
-	}})
-	s := &redisSub{r: r, node: node, dc: dc, release: release, wait: wait}
-	if err := s.subscribe(ctx, []string{nodeCh, bcast}); err != nil {
-		s.Close()
-		return nil, err
 	}
-	return s, nil
 }
 
 func (s *redisSub) subscribe(ctx context.Context, chans []string) error {
@@ -94,6 +154,10 @@ func (s *redisSub) Topics(ctx context.Context, chans ...string) error {
 func (s *redisSub) Untopic(ctx context.Context, ch string) error {
 	return s.dc.Do(ctx, s.dc.B().Unsubscribe().Channel(s.r.k.topicChannel(ch)).Build()).Error()
 }
+
+// Probe implements Subscription: on a single Redis the node's own probe on
+// its node channel covers the one connection.
+func (s *redisSub) Probe(context.Context) error { return nil }
 
 // DropNodeChannel unsubscribes the node channel behind the subscription's
 // back, leaving the connection up: the silent failure the node's probe

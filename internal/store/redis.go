@@ -17,6 +17,7 @@ import (
 // Redis implements every interface of this package on one rueidis client.
 type Redis struct {
 	rc        rueidis.Client
+	cluster   bool // rc is a Redis Cluster client: sharded pub/sub
 	k         keys
 	streamCap string // approximate MAXLEN of the event stream
 
@@ -90,6 +91,7 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 	}
 	return &Redis{
 		rc:           rc,
+		cluster:      rc.Mode() == rueidis.ClientModeCluster,
 		k:            keys{prefix: o.Prefix},
 		streamCap:    fmt.Sprint(o.EventStreamMaxLen),
 		consumeToken: rueidis.NewLuaScript(luaToken + scriptConsumeToken),
@@ -203,10 +205,46 @@ func (f *flaggedScript) execMulti(ctx context.Context, rc rueidis.Client, multi 
 
 // CheckURL reports whether url is a Redis URL that Dial can use.
 func CheckURL(url string) error {
-	if _, err := rueidis.ParseURL(url); err != nil {
+	if _, _, err := parseURL(url); err != nil {
 		return fmt.Errorf("invalid redis url: %w", err)
 	}
 	return nil
+}
+
+// parseURL reads a redis:// or rediss:// URL (rueidis' syntax, with
+// ?addr=host:port for more seeds), or a redis+cluster:// or
+// rediss+cluster:// one, whose host part is a comma-separated list of seed
+// addresses: redis+cluster://user:pass@h1:7000,h2:7001?dial_timeout=2s.
+// cluster reports the +cluster scheme, which requires a Cluster.
+func parseURL(url string) (opt rueidis.ClientOption, cluster bool, err error) {
+	scheme, rest, ok := strings.Cut(url, "://")
+	if ok && strings.HasSuffix(scheme, "+cluster") {
+		cluster = true
+		authority, tail := rest, ""
+		if i := strings.IndexAny(rest, "/?"); i >= 0 {
+			authority, tail = rest[:i], rest[i:]
+		}
+		user, hosts := "", authority
+		if i := strings.LastIndexByte(authority, '@'); i >= 0 {
+			user, hosts = authority[:i+1], authority[i+1:]
+		}
+		seeds := strings.Split(hosts, ",")
+		for _, h := range seeds {
+			if h == "" {
+				return opt, cluster, fmt.Errorf("empty seed address in %q", hosts)
+			}
+		}
+		url = strings.TrimSuffix(scheme, "+cluster") + "://" + user + seeds[0] + tail
+		if len(seeds) > 1 {
+			sep := "?"
+			if strings.Contains(tail, "?") {
+				sep = "&"
+			}
+			url += sep + "addr=" + strings.Join(seeds[1:], "&addr=")
+		}
+	}
+	opt, err = rueidis.ParseURL(url)
+	return opt, cluster, err
 }
 
 // Timeouts of the clients Dial builds, unless the URL sets them
@@ -225,11 +263,13 @@ const (
 	ConnTimeout = 3 * time.Second
 )
 
-// Dial builds the rueidis client for a redis:// or rediss:// URL: the one
-// way both sides connect, with client-side caching off (nothing here reads
-// the same key twice) and DialTimeout and ConnTimeout.
+// Dial builds the rueidis client for a Redis URL (parseURL): the one way
+// both sides connect, with client-side caching off (nothing here reads the
+// same key twice) and DialTimeout and ConnTimeout. rueidis asks the server
+// whether it is a Cluster and builds a Cluster client if so, for any
+// scheme; a redis+cluster:// URL fails unless it is one.
 func Dial(url string) (rueidis.Client, error) {
-	opt, err := rueidis.ParseURL(url)
+	opt, cluster, err := parseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("failed to parse redis url: %w", err)
 	}
@@ -243,6 +283,10 @@ func Dial(url string) (rueidis.Client, error) {
 	rc, err := rueidis.NewClient(opt)
 	if err != nil {
 		return nil, fmt.Errorf("failed to connect to redis: %w", err)
+	}
+	if cluster && rc.Mode() != rueidis.ClientModeCluster {
+		rc.Close()
+		return nil, fmt.Errorf("redis url names a cluster, but %s is not a Redis Cluster (cluster_enabled:0); use redis://", opt.InitAddress[0])
 	}
 	return rc, nil
 }
@@ -262,6 +306,21 @@ func DialEmbedded(addr string) (rueidis.Client, error) {
 		return nil, fmt.Errorf("failed to connect to the embedded redis: %w", err)
 	}
 	return rc, nil
+}
+
+// ErrClusterKeys refuses a Redis Cluster: sharded pub/sub is in place
+// (pubsub_cluster.go), but the key layout is not Cluster-safe yet: the
+// connect, presence, membership and kept-send scripts each touch keys in
+// several slots, which a Cluster refuses with CROSSSLOT (issue 10).
+var ErrClusterKeys = errors.New("redis cluster is not supported yet: the presence, membership and history scripts touch keys in several slots (issue 10); use a single Redis (redis://)")
+
+// CheckBackend reports whether the store can run on rc: a single Redis
+// (or an embedded one), not yet a Cluster (ErrClusterKeys).
+func (r *Redis) CheckBackend() error {
+	if r.cluster {
+		return ErrClusterKeys
+	}
+	return nil
 }
 
 // Client returns the underlying client.

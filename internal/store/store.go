@@ -196,6 +196,12 @@ type Subscription interface {
 	Topics(ctx context.Context, chans ...string) error
 	// Untopic unsubscribes from a channel's topic.
 	Untopic(ctx context.Context, ch string) error
+	// Probe checks the connections that the node's own probe (a node
+	// message to itself, on its node channel) does not cover: on a
+	// Cluster, one per master, each on a probe channel of the node's on
+	// that master. A connection whose earlier probes did not come back
+	// fails the subscription (Done). On a single Redis it does nothing.
+	Probe(ctx context.Context) error
 	// Done delivers the error that ended the connection.
 	Done() <-chan error
 	// Close ends the subscription and releases its connection.
