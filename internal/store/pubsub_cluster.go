@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -73,7 +74,10 @@ func (r *Redis) readSlotMap(ctx context.Context) (*slotMap, error) {
 		}
 		host, _ := master[0].ToString()
 		port, _ := master[1].AsInt64()
-		addr := host + ":" + strconv.FormatInt(port, 10)
+		if host == "" || host == "?" { // a node that does not know its address yet
+			return nil, fmt.Errorf("cluster slots: no address for slots %d-%d yet", lo, hi)
+		}
+		addr := net.JoinHostPort(host, strconv.FormatInt(port, 10)) // as rueidis names its nodes
 		for s := lo; s <= hi; s++ {
 			m[s] = addr
 		}
@@ -109,6 +113,7 @@ type clusterSub struct {
 	openMu  sync.Mutex // serialises opening shard connections
 
 	mu      sync.Mutex
+	closed  bool                  // Close ran: no connection may be added
 	shards  map[string]*shardConn // master address → connection
 	chans   map[string]*shardConn // subscribed channel → its connection
 	leaving map[string]bool       // channels being unsubscribed by us
@@ -158,8 +163,11 @@ func (s *clusterSub) shard(ctx context.Context, addr string) (*shardConn, error)
 	s.openMu.Lock()
 	defer s.openMu.Unlock()
 	s.mu.Lock()
-	sc := s.shards[addr]
+	sc, closed := s.shards[addr], s.closed
 	s.mu.Unlock()
+	if closed {
+		return nil, errSubClosed
+	}
 	if sc != nil {
 		return sc, nil
 	}
@@ -213,10 +221,17 @@ func (s *clusterSub) shard(ctx context.Context, addr string) (*shardConn, error)
 		return nil, fmt.Errorf("ssubscribe on %s: %w", addr, err)
 	}
 	s.mu.Lock()
+	if s.closed { // Close ran meanwhile: it did not see this one
+		s.mu.Unlock()
+		sc.close()
+		return nil, errSubClosed
+	}
 	s.shards[addr] = sc
 	s.mu.Unlock()
 	return sc, nil
 }
+
+var errSubClosed = errors.New("subscription closed")
 
 // close closes the connection before releasing it (see redisSub.Close).
 func (sc *shardConn) close() {
@@ -274,6 +289,7 @@ func (s *clusterSub) subscribe(ctx context.Context, names []string) error {
 		for _, chans := range g.slots {
 			for _, n := range chans {
 				s.chans[n] = g.sc
+				delete(s.leaving, n) // subscribed again: Redis ending it now is news
 			}
 		}
 		s.mu.Unlock()
@@ -303,7 +319,20 @@ func (s *clusterSub) Untopic(ctx context.Context, ch string) error {
 	if sc == nil {
 		return nil
 	}
-	return sc.dc.Do(ctx, sc.dc.B().Sunsubscribe().Channel(name).Build()).Error()
+	return s.sunsubscribe(ctx, sc, name)
+}
+
+// sunsubscribe leaves channel name (marked leaving) on sc. If the command
+// fails the channel may still be subscribed, and Redis ending it later is
+// news again.
+func (s *clusterSub) sunsubscribe(ctx context.Context, sc *shardConn, name string) error {
+	err := sc.dc.Do(ctx, sc.dc.B().Sunsubscribe().Channel(name).Build()).Error()
+	if err != nil {
+		s.mu.Lock()
+		delete(s.leaving, name)
+		s.mu.Unlock()
+	}
+	return err
 }
 
 // Probe implements Subscription: a probe on every master's connection,
@@ -339,13 +368,23 @@ func (s *clusterSub) watchSlots() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), ConnTimeout)
-		m, err := s.r.readSlotMap(ctx)
-		cancel()
-		if err != nil {
-			continue // the connections' own errors report a Cluster that is down
+		// CLUSTER SLOTS goes to any node, and a replica or a node that
+		// has not heard of a change yet answers with an older map: a move
+		// counts only when a second read agrees.
+		moved := ""
+		for range 2 {
+			ctx, cancel := context.WithTimeout(context.Background(), ConnTimeout)
+			m, err := s.r.readSlotMap(ctx)
+			cancel()
+			if err != nil { // the connections' own errors report a Cluster that is down
+				moved = ""
+				break
+			}
+			if moved = s.movedChannel(m); moved == "" {
+				break
+			}
 		}
-		if moved := s.movedChannel(m); moved != "" {
+		if moved != "" {
 			s.fail(fmt.Errorf("%w: the slot map moved %s", ErrShardMoved, moved))
 			return
 		}
@@ -377,12 +416,19 @@ func (s *clusterSub) Done() <-chan error { return s.done }
 func (s *clusterSub) Close() {
 	s.stopped.Do(func() { close(s.stop) })
 	s.mu.Lock()
+	s.closed = true
 	shards := s.shards
 	s.shards = map[string]*shardConn{}
 	s.mu.Unlock()
-	for _, sc := range shards {
-		sc.close()
+	var wg sync.WaitGroup
+	for _, sc := range shards { // in parallel: each may wait for a reply
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sc.close()
+		}()
 	}
+	wg.Wait()
 }
 
 // DropNodeChannel is redisSub.DropNodeChannel on a Cluster.
@@ -390,10 +436,12 @@ func (s *clusterSub) DropNodeChannel(ctx context.Context) error {
 	name := s.r.k.nodeChannel(s.node)
 	s.mu.Lock()
 	sc := s.chans[name]
-	s.leaving[name] = true
+	if sc != nil {
+		s.leaving[name] = true
+	}
 	s.mu.Unlock()
 	if sc == nil {
 		return nil
 	}
-	return sc.dc.Do(ctx, sc.dc.B().Sunsubscribe().Channel(name).Build()).Error()
+	return s.sunsubscribe(ctx, sc, name)
 }

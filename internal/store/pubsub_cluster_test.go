@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -317,10 +318,8 @@ func TestClusterShardedPubSub(t *testing.T) {
 	nodeSlot := keySlot(cs.st.k.nodeChannel("n1"))
 	killedAt := time.Now()
 	killed := cs.c.MasterOf(nodeSlot)
-	done := make(chan error, 1)
-	go func() { done <- waitDone(t, sub, "failover") }()
 	_, promoted := cs.c.KillMaster(nodeSlot)
-	err = <-done
+	err = waitDone(t, sub, "failover") // buffered: it was delivered at the kill
 	t.Logf("kill of %s reported after at most %v (%v); slot served again after %v", killed.Addr, time.Since(killedAt), err, promoted)
 	sub.Close()
 	resubAt := time.Now()
@@ -359,7 +358,10 @@ func TestClusterProbeCatchesSilentShard(t *testing.T) {
 		// Wait for the healthy shards' probes to come back, so that
 		// only the silent one can fall behind.
 		deadline := time.Now().Add(10 * time.Second)
-		for _, sc := range s.shards {
+		s.mu.Lock()
+		shards := maps.Clone(s.shards)
+		s.mu.Unlock()
+		for _, sc := range shards {
 			for sc != victim && sc.seen.Load() < sc.sent.Load() && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond)
 			}

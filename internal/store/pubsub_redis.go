@@ -20,10 +20,11 @@ func (r *Redis) PublishNodes(ctx context.Context, msgs ...NodeMessage) error {
 		cmds[i] = r.publish(r.k.nodeChannel(m.Node), m.Msg)
 	}
 	var first error
+	give := time.Now().Add(publishRetryFor) // one budget for the whole call
 	for i, res := range r.rc.DoMulti(ctx, cmds...) {
 		err := res.Error()
 		if r.cluster && isDialError(err) { // never sent: see doPublish
-			err = r.doPublish(ctx, cmds[i])
+			err = r.retryPublish(ctx, cmds[i], err, give)
 		}
 		if first == nil {
 			first = err
@@ -49,7 +50,16 @@ func (r *Redis) doPublish(ctx context.Context, cmd rueidis.Completed) error {
 	if !r.cluster {
 		return err
 	}
-	give := time.Now().Add(2 * DialTimeout) // a failover's refresh took 0.7-0.8 s in tests
+	return r.retryPublish(ctx, cmd, err, time.Now().Add(publishRetryFor))
+}
+
+// publishRetryFor bounds the retries of doPublish; a failover's refresh
+// took 0.7-0.8 s in tests.
+const publishRetryFor = 2 * DialTimeout
+
+// retryPublish sends cmd again while err is a dial error, until give or
+// ctx ends.
+func (r *Redis) retryPublish(ctx context.Context, cmd rueidis.Completed, err error, give time.Time) error {
 	for wait := 20 * time.Millisecond; isDialError(err) && time.Now().Before(give); wait = min(2*wait, 320*time.Millisecond) {
 		select {
 		case <-ctx.Done():
