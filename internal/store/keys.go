@@ -8,20 +8,36 @@ const DefaultPrefix = "im:"
 // is the only place key layouts live; docs/protocol.md lists the same for
 // services written in other languages. Keys and channels are separate Redis
 // namespaces.
-type keys struct{ prefix string }
+type keys struct {
+	prefix string
+	// cluster: the Redis is a Cluster, and keys that one script touches
+	// share a hash tag (one slot). On a single Redis the names stay as
+	// they always were.
+	cluster bool
+}
+
+// registry is the start of the registry's keys: on a Cluster they share the
+// hash tag {reg}, so that write_lease.lua and the lease read touch one slot
+// (the registry is small, and written every lease/3 per node).
+func (k keys) registry() string {
+	if k.cluster {
+		return k.prefix + "{reg}:"
+	}
+	return k.prefix
+}
 
 // nodeSet is a SET of registered node ids (the registry index).
-func (k keys) nodeSet() string { return k.prefix + "nodes" }
+func (k keys) nodeSet() string { return k.registry() + "nodes" }
 
 // nodeKey is a STRING holding the node's NodeInfo JSON, whose "exp" (unix
 // ms, Redis clock) is when the lease lapses. The key itself has no TTL, so
 // that volatile-* eviction cannot take it. A node listed in nodeSet whose
 // nodeKey is gone or past "exp" has lost its lease and is dead. (Leases
 // from before "exp" carry a PX TTL instead and are live while they exist.)
-func (k keys) nodeKey(node string) string { return k.prefix + "node:" + node }
+func (k keys) nodeKey(node string) string { return k.registry() + "node:" + node }
 
 // reapLock is taken with SET NX by the one survivor that cleans a dead node.
-func (k keys) reapLock(node string) string { return k.prefix + "reap:" + node }
+func (k keys) reapLock(node string) string { return k.registry() + "reap:" + node }
 
 // memoryProbe is a STRING a node writes (with a TTL) to learn whether Redis
 // takes writes (Memory).

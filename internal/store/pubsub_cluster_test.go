@@ -14,6 +14,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/imbroker/imbroker/internal/redistest"
+	"github.com/imbroker/imbroker/internal/wire"
 )
 
 func TestParseClusterURL(t *testing.T) {
@@ -372,5 +373,74 @@ func TestClusterProbeCatchesSilentShard(t *testing.T) {
 	}
 	if err := waitDone(t, sub, "silent shard"); !errors.Is(err, ErrShardMoved) {
 		t.Fatalf("done with %v", err)
+	}
+}
+
+// The registry on a Cluster: its keys share a slot, leases are written and
+// read there with that master's clock, and a node counts as listening by
+// the sharded subscribers of its channel (a plain PUBSUB NUMSUB sees none
+// on a Cluster, and would route around every node).
+func TestClusterRegistry(t *testing.T) {
+	cs := startClusterStore(t)
+	ctx := context.Background()
+	k := cs.st.k
+	for _, key := range []string{k.nodeKey("n1"), k.nodeKey("other"), k.reapLock("n1")} {
+		if got, want := cs.c.Slot(key), cs.c.Slot(k.nodeSet()); got != want {
+			t.Fatalf("%s is on slot %d, the node set on %d", key, got, want)
+		}
+	}
+	for _, id := range []string{"n1", "n2"} {
+		if _, err := cs.st.WriteLease(ctx, wire.NodeInfo{ID: id, URL: "ws://" + id + ".invalid/ws"}, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cs.st.WriteLease(ctx, wire.NodeInfo{ID: "n3", URL: "ws://n3.invalid/ws"}, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := cs.st.Subscribe(ctx, "n1", func(Message) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	waitUntil(t, func() error {
+		live, dead, err := cs.st.Nodes(ctx)
+		if err != nil {
+			return err
+		}
+		if len(live) != 1 || live[0].ID != "n1" || strings.Join(dead, ",") != "n3" {
+			return fmt.Errorf("live %v dead %v, want n1 live (n2 has no subscriber) and n3 dead", live, dead)
+		}
+		return nil
+	})
+	if ok, err := cs.st.ClaimReap(ctx, "n3", "n1", time.Minute); err != nil || !ok {
+		t.Fatalf("claim: %v %v", ok, err)
+	}
+	if ok, err := cs.st.ClaimReap(ctx, "n3", "n2", time.Minute); err != nil || ok {
+		t.Fatalf("second claim: %v %v", ok, err)
+	}
+	if err := cs.st.ReleaseReap(ctx, "n3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.st.DeleteLease(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if live, _, err := cs.st.Nodes(ctx); err != nil || len(live) != 0 {
+		t.Fatalf("after n1's delete: live %v, %v", live, err)
+	}
+}
+
+// waitUntil polls fn until it returns nil, for up to 30 s.
+func waitUntil(t *testing.T, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -24,6 +24,7 @@ type Redis struct {
 	consumeToken, connect, online, offline, leave, chanOnline, reapDone *rueidis.Lua
 	writeLease, sendKept, chanKept                                      *flaggedScript
 	position, readHistory                                               *multiScript
+	readLeases                                                          *multiScript
 }
 
 var (
@@ -71,6 +72,8 @@ var (
 	scriptPosition string
 	//go:embed lua/read_history.lua
 	scriptReadHistory string
+	//go:embed lua/read_leases.lua
+	scriptReadLeases string
 )
 
 // Options configures a Redis store. Zero values mean the defaults given.
@@ -89,10 +92,11 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 	if o.EventStreamMaxLen <= 0 {
 		o.EventStreamMaxLen = 100000
 	}
+	cluster := rc.Mode() == rueidis.ClientModeCluster
 	return &Redis{
 		rc:           rc,
-		cluster:      rc.Mode() == rueidis.ClientModeCluster,
-		k:            keys{prefix: o.Prefix},
+		cluster:      cluster,
+		k:            keys{prefix: o.Prefix, cluster: cluster},
 		streamCap:    fmt.Sprint(o.EventStreamMaxLen),
 		consumeToken: rueidis.NewLuaScript(luaToken + scriptConsumeToken),
 		connect:      rueidis.NewLuaScript(luaToken + scriptConnect),
@@ -106,6 +110,7 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 		chanKept:     newFlaggedScript("", luaHistory+scriptChanKept),
 		position:     newMultiScript(luaHistory + scriptPosition),
 		readHistory:  newMultiScript(luaHistory + scriptReadHistory),
+		readLeases:   newMultiScript(scriptReadLeases),
 	}
 }
 

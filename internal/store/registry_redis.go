@@ -99,6 +99,9 @@ func (r *Redis) leases(ctx context.Context) ([]lease, error) {
 		return nil, err
 	}
 	slices.Sort(ids)
+	if r.cluster {
+		return r.clusterLeases(ctx, ids)
+	}
 	cmds := make(rueidis.Commands, 0, len(ids)+2)
 	channels := make([]string, len(ids))
 	for i, id := range ids {
@@ -118,10 +121,69 @@ func (r *Redis) leases(ctx context.Context) ([]lease, error) {
 	if err != nil || len(subs) != 2*len(ids) {
 		return nil, fmt.Errorf("PUBSUB NUMSUB: %d replies for %d channels, %v", len(subs)/2, len(ids), err)
 	}
-	res = res[2:]
+	counts := make([]int64, len(ids))
+	for i := range ids {
+		counts[i], _ = subs[2*i+1].AsInt64()
+	}
+	vals := make([]rueidis.RedisMessage, len(ids))
+	for i, res := range res[2:] {
+		if vals[i], err = res.ToMessage(); err != nil && !rueidis.IsRedisNil(err) {
+			return nil, err
+		}
+	}
+	return parseLeases(ids, now, vals, counts)
+}
+
+// clusterLeases is leases on a Cluster: the leases and the clock in one
+// script on the registry's slot (read_leases.lua), and each node channel's
+// subscriber count from its own master (PUBSUB SHARDNUMSUB: sharded
+// channels are counted there, and one command may name one slot only), in
+// one round trip.
+func (r *Redis) clusterLeases(ctx context.Context, ids []string) ([]lease, error) {
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = r.k.nodeKey(id)
+	}
+	cmds := make(rueidis.Commands, 0, len(ids)+1)
+	cmds = append(cmds, r.rc.B().Evalsha().Sha1(r.readLeases.sha).Numkeys(int64(len(keys))).Key(keys...).Build())
+	for _, id := range ids {
+		cmds = append(cmds, r.rc.B().PubsubShardnumsub().Channel(r.k.nodeChannel(id)).Build())
+	}
+	res := r.rc.DoMulti(ctx, cmds...)
+	if err, ok := rueidis.IsRedisErr(res[0].Error()); ok && err.IsNoScript() { // a new or flushed master: load it
+		res[0] = r.readLeases.Exec(ctx, r.rc, keys, nil)
+	}
+	arr, err := res[0].ToArray()
+	if err == nil && len(arr) != len(ids)+2 {
+		err = fmt.Errorf("read_leases.lua: %d values for %d nodes", len(arr)-2, len(ids))
+	}
+	if err != nil {
+		return nil, err
+	}
+	sec, err1 := arr[0].AsInt64()
+	usec, err2 := arr[1].AsInt64()
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("read_leases.lua: malformed time: %w", err)
+	}
+	counts := make([]int64, len(ids))
+	for i := range ids {
+		// SHARDNUMSUB answers channel, count.
+		sub, err := res[1+i].ToArray()
+		if err != nil || len(sub) != 2 {
+			return nil, fmt.Errorf("PUBSUB SHARDNUMSUB %s: %v", ids[i], err)
+		}
+		counts[i], _ = sub[1].AsInt64()
+	}
+	return parseLeases(ids, time.Unix(sec, usec*1000), arr[2:], counts)
+}
+
+// parseLeases builds the leases of ids from their values (nil messages
+// where there is none), the server's time and their channels' subscriber
+// counts.
+func parseLeases(ids []string, now time.Time, vals []rueidis.RedisMessage, counts []int64) ([]lease, error) {
 	out := make([]lease, 0, len(ids))
 	for i, id := range ids {
-		str, err := res[i].ToString()
+		str, err := vals[i].ToString()
 		if err != nil && !rueidis.IsRedisNil(err) {
 			return nil, err
 		}
@@ -135,8 +197,7 @@ func (r *Redis) leases(ctx context.Context) ([]lease, error) {
 				l.live, l.left = true, time.UnixMilli(l.info.Expires).Sub(now)
 			}
 		}
-		n, _ := subs[2*i+1].AsInt64()
-		l.listening = n > 0
+		l.listening = counts[i] > 0
 		out = append(out, l)
 	}
 	return out, nil
