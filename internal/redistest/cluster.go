@@ -275,6 +275,18 @@ func (c *Cluster) masterOf(slot int) *Server {
 	return nil
 }
 
+// OtherMaster returns a running master other than m.
+func (c *Cluster) OtherMaster(m *Server) *Server {
+	c.t.Helper()
+	for _, o := range c.Masters() {
+		if o != m {
+			return o
+		}
+	}
+	c.t.Fatalf("no master other than %s", m.Addr)
+	return nil
+}
+
 // Masters returns the running masters.
 func (c *Cluster) Masters() []*Server {
 	c.t.Helper()

@@ -20,13 +20,7 @@ func TestStartCluster(t *testing.T) {
 	if out, err := from.Exec("set", "k{a}", "v"); err != nil || !strings.Contains(out, "OK") {
 		t.Fatalf("set: %v %s", err, out)
 	}
-	var to *Server
-	for _, m := range c.Masters() {
-		if m != from {
-			to = m
-			break
-		}
-	}
+	to := c.OtherMaster(from)
 	c.MoveSlot(slot, to)
 	if got := c.MasterOf(slot); got != to {
 		t.Fatalf("slot %d on %s after the move, want %s", slot, got.Addr, to.Addr)

@@ -76,6 +76,15 @@ func (k keys) nodeChannel(node string) string { return k.prefix + "n:" + node }
 // topicChannel is the pub/sub channel carrying messages for channel ch.
 func (k keys) topicChannel(ch string) string { return k.prefix + "c:" + ch }
 
+// topicChannels maps channel names to their topic channels.
+func (k keys) topicChannels(chans []string) []string {
+	out := make([]string, len(chans))
+	for i, ch := range chans {
+		out[i] = k.topicChannel(ch)
+	}
+	return out
+}
+
 // topicPrefix is topicChannel without the channel name.
 func (k keys) topicPrefix() string { return k.prefix + "c:" }
 

@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/imbroker/imbroker/internal/redistest"
 )
 
 // TestClusterMigrationLossMeasure publishes numbered messages to one busy
@@ -90,13 +88,7 @@ func TestClusterMigrationLossMeasure(t *testing.T) {
 	time.Sleep(time.Second)
 	slot := keySlot(cs.st.k.topicChannel(topic))
 	from := cs.c.MasterOf(slot)
-	var to *redistest.Server
-	for _, m := range cs.c.Masters() {
-		if m != from {
-			to = m
-			break
-		}
-	}
+	to := cs.c.OtherMaster(from)
 	moveAt := time.Now()
 	cs.c.MoveSlot(slot, to)
 	moveTook := time.Since(moveAt)

@@ -299,11 +299,7 @@ func (s *clusterSub) subscribe(ctx context.Context, names []string) error {
 
 // Topics implements Subscription.
 func (s *clusterSub) Topics(ctx context.Context, chans ...string) error {
-	names := make([]string, len(chans))
-	for i, ch := range chans {
-		names[i] = s.r.k.topicChannel(ch)
-	}
-	return s.subscribe(ctx, names)
+	return s.subscribe(ctx, s.r.k.topicChannels(chans))
 }
 
 // Untopic implements Subscription.

@@ -296,13 +296,7 @@ func TestClusterShardedPubSub(t *testing.T) {
 	moved := topics[1]
 	slot := keySlot(cs.st.k.topicChannel(moved))
 	from := cs.c.MasterOf(slot)
-	var to *redistest.Server
-	for _, m := range cs.c.Masters() {
-		if m != from {
-			to = m
-			break
-		}
-	}
+	to := cs.c.OtherMaster(from)
 	start := time.Now()
 	cs.c.MoveSlot(slot, to)
 	err = waitDone(t, sub, "slot migration")

@@ -153,11 +153,7 @@ func (s *redisSub) subscribe(ctx context.Context, chans []string) error {
 
 // Topics implements Subscription.
 func (s *redisSub) Topics(ctx context.Context, chans ...string) error {
-	names := make([]string, len(chans))
-	for i, ch := range chans {
-		names[i] = s.r.k.topicChannel(ch)
-	}
-	return s.subscribe(ctx, names)
+	return s.subscribe(ctx, s.r.k.topicChannels(chans))
 }
 
 // Untopic implements Subscription.
