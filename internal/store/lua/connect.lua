@@ -83,9 +83,12 @@ local out = {1, v, 0}
 if prev then
   out[3] = 1
 else
-  local ev = ARGV[3]
-  if meta ~= '' then ev = ev .. ',"meta":' .. json_string(meta) end
-  ev = ev .. ARGV[4]
+  -- The event's JSON (a payload, not a key): its head, the record's meta
+  -- if any, its tail.
+  local parts = {ARGV[3]}
+  if meta ~= '' then parts[#parts + 1] = ',"meta":' .. json_string(meta) end
+  parts[#parts + 1] = ARGV[4]
+  local ev = table.concat(parts)
   redis.call('PUBLISH', ARGV[5], ev)
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*', 'e', ev)
 end
