@@ -142,7 +142,7 @@ func New(ctx context.Context, opt Options) (*Client, error) {
 func (c *Client) connect(ctx context.Context) error {
 	ctx, cancel := bound(ctx, c.opt.CallTimeout)
 	defer cancel()
-	rc, err := await(ctx, "New", func(ctx context.Context) (rueidis.Client, error) {
+	st, err := await(ctx, "New", func(ctx context.Context) (*store.Redis, error) {
 		rc, ownsRC := c.opt.Redis, false
 		if rc == nil {
 			var err error
@@ -153,30 +153,28 @@ func (c *Client) connect(ctx context.Context) error {
 		}
 		// c is not shared yet; the view written by an abandoned dial is
 		// never read.
-		st := store.NewRedis(rc, store.Options{Prefix: c.opt.Prefix})
-		if err := st.CheckBackend(); err != nil {
+		st, err := store.Open(rc, store.Options{Prefix: c.opt.Prefix})
+		if err == nil {
+			if err = loadNodes(ctx, st, &c.view); err != nil {
+				err = fmt.Errorf("failed to read node registry: %w", err)
+			}
+		}
+		if err != nil {
 			if ownsRC {
 				rc.Close()
 			}
 			return nil, err
 		}
-		if err := loadNodes(ctx, st, &c.view); err != nil {
-			if ownsRC {
-				rc.Close()
-			}
-			return nil, fmt.Errorf("failed to read node registry: %w", err)
-		}
-		return rc, nil
-	}, func(rc rueidis.Client, err error) { // close what comes up too late (within rueidis' dial timeout)
+		return st, nil
+	}, func(st *store.Redis, err error) { // close what comes up too late (within rueidis' dial timeout)
 		if err == nil && c.opt.Redis == nil {
-			rc.Close()
+			st.Client().Close()
 		}
 	})
 	if err != nil {
 		return err
 	}
-	c.rc, c.ownsRC = rc, c.opt.Redis == nil
-	c.st = store.NewRedis(c.rc, store.Options{Prefix: c.opt.Prefix})
+	c.st, c.rc, c.ownsRC = st, st.Client(), c.opt.Redis == nil
 	return nil
 }
 

@@ -132,8 +132,8 @@ func New(cfg Config, redis rueidis.Client, logger *slog.Logger) (*Server, error)
 		}
 		owned = rc
 	}
-	st := store.NewRedis(rc, store.Options{Prefix: cfg.Prefix, EventStreamMaxLen: cfg.EventStreamMaxLen})
-	if err := st.CheckBackend(); err != nil {
+	st, err := store.Open(rc, store.Options{Prefix: cfg.Prefix, EventStreamMaxLen: cfg.EventStreamMaxLen})
+	if err != nil {
 		if owned != nil {
 			owned.Close()
 		}

@@ -158,12 +158,12 @@ func (s *multiScript) execMulti(ctx context.Context, rc rueidis.Client, multi ..
 	}
 	cmds := make(rueidis.Commands, len(multi))
 	for i, e := range multi {
-		cmds[i] = rc.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
+		cmds[i] = s.evalsha(rc, e.Keys, e.Args)
 	}
 	res := rc.DoMulti(ctx, cmds...)
 	var missing []int
 	for i, r := range res {
-		if err, ok := rueidis.IsRedisErr(r.Error()); ok && err.IsNoScript() {
+		if isNoScript(r) {
 			missing = append(missing, i)
 		}
 	}
@@ -177,6 +177,18 @@ func (s *multiScript) execMulti(ctx context.Context, rc rueidis.Client, multi ..
 		}
 	}
 	return res
+}
+
+// evalsha is the script's EVALSHA alone, for a round trip of several
+// commands; a reply that isNoScript needs the script loaded (Lua.Exec).
+func (s *multiScript) evalsha(rc rueidis.Client, keys, args []string) rueidis.Completed {
+	return rc.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
+}
+
+// isNoScript reports Redis not knowing the script (restarted or flushed).
+func isNoScript(r rueidis.RedisResult) bool {
+	err, ok := rueidis.IsRedisErr(r.Error())
+	return ok && err.IsNoScript()
 }
 
 // noShebang reports the error of a server that cannot compile the line.
@@ -319,13 +331,15 @@ func DialEmbedded(addr string) (rueidis.Client, error) {
 // several slots, which a Cluster refuses with CROSSSLOT (issue 10).
 var ErrClusterKeys = errors.New("redis cluster is not supported yet: the presence, membership and history scripts touch keys in several slots (issue 10); use a single Redis (redis://)")
 
-// CheckBackend reports whether the store can run on rc: a single Redis
-// (or an embedded one), not yet a Cluster (ErrClusterKeys).
-func (r *Redis) CheckBackend() error {
+// Open is NewRedis for a side that runs on rc: it fails with
+// ErrClusterKeys on a Redis Cluster, which the store cannot serve yet (a
+// single or embedded Redis is fine).
+func Open(rc rueidis.Client, o Options) (*Redis, error) {
+	r := NewRedis(rc, o)
 	if r.cluster {
-		return ErrClusterKeys
+		return nil, ErrClusterKeys
 	}
-	return nil
+	return r, nil
 }
 
 // Client returns the underlying client.

@@ -145,12 +145,12 @@ func (r *Redis) clusterLeases(ctx context.Context, ids []string) ([]lease, error
 		keys[i] = r.k.nodeKey(id)
 	}
 	cmds := make(rueidis.Commands, 0, len(ids)+1)
-	cmds = append(cmds, r.rc.B().Evalsha().Sha1(r.readLeases.sha).Numkeys(int64(len(keys))).Key(keys...).Build())
+	cmds = append(cmds, r.readLeases.evalsha(r.rc, keys, nil))
 	for _, id := range ids {
 		cmds = append(cmds, r.rc.B().PubsubShardnumsub().Channel(r.k.nodeChannel(id)).Build())
 	}
 	res := r.rc.DoMulti(ctx, cmds...)
-	if err, ok := rueidis.IsRedisErr(res[0].Error()); ok && err.IsNoScript() { // a new or flushed master: load it
+	if isNoScript(res[0]) { // a new or flushed master: load it
 		res[0] = r.readLeases.Exec(ctx, r.rc, keys, nil)
 	}
 	arr, err := res[0].ToArray()

@@ -3,7 +3,6 @@ package store
 import (
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // clusterSlots is the number of hash slots of a Redis Cluster.
@@ -38,24 +37,15 @@ func crc16(s string) uint16 {
 	return crc
 }
 
-var (
-	slotTagsOnce sync.Once
-	slotTags     [clusterSlots]string
-)
-
 // slotTag returns a short hash tag whose slot is slot: "{tag}" in a name
 // places the name on that slot, which is how a node gives each Cluster
-// master a probe channel of its own.
+// master a probe channel of its own. It is the smallest decimal number
+// that hashes there (every slot has one below 110,000); it runs once per
+// master per subscription.
 func slotTag(slot int) string {
-	slotTagsOnce.Do(func() {
-		left := clusterSlots
-		for i := 0; left > 0; i++ {
-			t := strconv.Itoa(i)
-			if s := crc16(t) % clusterSlots; slotTags[s] == "" {
-				slotTags[s] = t
-				left--
-			}
+	for i := 0; ; i++ {
+		if t := strconv.Itoa(i); int(crc16(t)%clusterSlots) == slot {
+			return t
 		}
-	})
-	return slotTags[slot]
+	}
 }
