@@ -206,6 +206,13 @@ func (s *Server) consumeToken(ctx context.Context, token string) (wire.TokenReco
 		s.log.Warn("token lookup failed", "err", err)
 		return wire.TokenRecord{}, tokenRedisDown
 	}
+	return s.tokenOutcome(st, raw)
+}
+
+// tokenOutcome is what a token lookup's status and record come to; a
+// consumed record that does not decode is counted as malformed and is as
+// good as missing.
+func (s *Server) tokenOutcome(st store.TokenStatus, raw []byte) (wire.TokenRecord, int) {
 	switch st {
 	case store.TokenConsumed:
 		rec, err := wire.DecodeTokenRecord(raw)
@@ -303,25 +310,16 @@ func (s *Server) admitFirst(token, hint string, mu *sync.Mutex) (admission, bool
 		mu.Unlock()
 		return admission{status: tokenRedisDown}, true
 	}
-	switch res.Status {
-	case store.TokenForeign:
-		mu.Unlock()
-		return admission{status: tokenForeign}, true
-	case store.TokenMissing:
-		mu.Unlock()
-		return admission{status: tokenMissing}, true
-	}
-	rec, derr := wire.DecodeTokenRecord(res.Record)
-	if derr != nil {
-		s.metrics.malformed.Inc()
-		s.log.Warn("ignored a malformed token record", "err", derr)
-		if res.Online != nil {
-			// The script vouched for the client and the meta, not for
-			// everything Go decodes: take back the presence it wrote.
+	rec, status := s.tokenOutcome(res.Status, res.Record)
+	if status != tokenOK {
+		if res.Status == store.TokenConsumed && res.Online != nil {
+			// A record that does not decode: the script vouched for the
+			// client and the meta, not for everything Go decodes, so
+			// take back the presence it wrote.
 			s.undoOnline(admission{rec: wire.TokenRecord{Client: hint}, online: res.Online})
 		}
 		mu.Unlock()
-		return admission{status: tokenMissing}, true
+		return admission{status: status}, true
 	}
 	if res.Online == nil {
 		// Consumed without presence: the record names another client than
