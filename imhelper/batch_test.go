@@ -22,6 +22,22 @@ type fakeNode struct {
 	msgs chan wire.NodeMsg
 }
 
+// registerNode subscribes node id on st (onMsg gets what arrives) and
+// writes its lease, announcing node message version proto, for the rest of
+// the test.
+func registerNode(tb testing.TB, st *store.Redis, id string, proto int, onMsg func(store.Message)) {
+	tb.Helper()
+	ctx := context.Background()
+	sub, err := st.Subscribe(ctx, id, onMsg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(sub.Close)
+	if _, err := st.WriteLease(ctx, wire.NodeInfo{ID: id, URL: "ws://" + id + ".invalid/ws", Proto: proto}, time.Hour); err != nil {
+		tb.Fatal(err)
+	}
+}
+
 // startFakeNode registers node id (announcing proto) on a private Redis,
 // subscribes to its channel, and returns an imhelper that sees it.
 func startFakeNode(t *testing.T, id string, proto int) (*fakeNode, *imhelper.Client) {
@@ -34,7 +50,7 @@ func startFakeNode(t *testing.T, id string, proto int) (*fakeNode, *imhelper.Cli
 	}
 	t.Cleanup(rc.Close)
 	fn := &fakeNode{st: store.NewRedis(rc, store.Options{}), msgs: make(chan wire.NodeMsg, 10000)}
-	sub, err := fn.st.Subscribe(ctx, id, func(m store.Message) {
+	registerNode(t, fn.st, id, proto, func(m store.Message) {
 		if m.Kind != store.ToNode {
 			return
 		}
@@ -50,13 +66,6 @@ func startFakeNode(t *testing.T, id string, proto int) (*fakeNode, *imhelper.Cli
 		}
 		fn.msgs <- h
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sub.Close)
-	if _, err := fn.st.WriteLease(ctx, wire.NodeInfo{ID: id, URL: "ws://" + id + ".invalid/ws", Proto: proto}, time.Hour); err != nil {
-		t.Fatal(err)
-	}
 	im, err := imhelper.New(ctx, imhelper.Options{RedisURL: r.URL(), Logger: testnode.Quiet()})
 	if err != nil {
 		t.Fatal(err)

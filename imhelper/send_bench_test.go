@@ -4,7 +4,6 @@ import (
 	"context"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/imbroker/imbroker/imhelper"
 	"github.com/imbroker/imbroker/internal/redistest"
@@ -25,16 +24,8 @@ func BenchmarkSendMessage(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer rc.Close()
-	st := store.NewRedis(rc, store.Options{})
-	sub, err := st.Subscribe(ctx, "n1", func(store.Message) {})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sub.Close()
-	if _, err := st.WriteLease(ctx, wire.NodeInfo{ID: "n1", URL: "ws://n1.invalid/ws"}, time.Hour); err != nil {
-		b.Fatal(err)
-	}
+	b.Cleanup(rc.Close) // after the subscription's cleanup
+	registerNode(b, store.NewRedis(rc, store.Options{}), "n1", 0, func(store.Message) {})
 	im, err := imhelper.New(ctx, imhelper.Options{RedisURL: r.URL(), Logger: testnode.Quiet()})
 	if err != nil {
 		b.Fatal(err)
@@ -79,17 +70,10 @@ func BenchmarkSendMessages(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer rc.Close()
+	b.Cleanup(rc.Close) // after the subscriptions' cleanups
 	st := store.NewRedis(rc, store.Options{})
 	for _, id := range []string{"n1", "n2", "n3"} {
-		sub, err := st.Subscribe(ctx, id, func(store.Message) {})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer sub.Close()
-		if _, err := st.WriteLease(ctx, wire.NodeInfo{ID: id, URL: "ws://" + id + ".invalid/ws", Proto: wire.NodeMsgVersion}, time.Hour); err != nil {
-			b.Fatal(err)
-		}
+		registerNode(b, st, id, wire.NodeMsgVersion, func(store.Message) {})
 	}
 	for _, hist := range []struct {
 		name string
