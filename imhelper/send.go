@@ -40,7 +40,7 @@ func (c *Client) PrevConnectServer(ctx context.Context, clientID, meta string) (
 			return "", err
 		}
 		rec, _ := json.Marshal(tr)
-		if err := c.st.IssueToken(ctx, tok, rec, c.opt.TokenTTL); err != nil {
+		if err := c.st.IssueToken(ctx, clientID, tok, rec, c.opt.TokenTTL); err != nil {
 			return "", fmt.Errorf("failed to store token: %w", err)
 		}
 		u := v.urls[node]

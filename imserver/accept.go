@@ -197,10 +197,10 @@ const (
 	tokenRedisDown
 )
 
-func (s *Server) consumeToken(ctx context.Context, token string) (wire.TokenRecord, int) {
+func (s *Server) consumeToken(ctx context.Context, token, hint string) (wire.TokenRecord, int) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 	defer cancel()
-	raw, st, err := s.st.ConsumeToken(ctx, token, s.cfg.NodeID)
+	raw, st, err := s.st.ConsumeToken(ctx, hint, token, s.cfg.NodeID)
 	if err != nil {
 		s.metrics.redisErrs.Inc()
 		s.log.Warn("token lookup failed", "err", err)
@@ -273,7 +273,7 @@ func (s *Server) admit(ctx context.Context, token, hint string) admission {
 			why = "raced"
 		}
 	}
-	rec, status := s.consumeToken(ctx, token)
+	rec, status := s.consumeToken(ctx, token, hint)
 	if status != tokenOK {
 		return admission{status: status}
 	}

@@ -196,13 +196,12 @@ func TestThreeNodes(t *testing.T) {
 func waitSubscribers(t testing.TB, c *cluster, ch string, want int) {
 	t.Helper()
 	checkFor(t, 3*time.Second, func() error {
-		out, err := c.redis.Exec("PUBSUB", "NUMSUB", "im:c:"+ch)
+		n, err := c.st.ChannelSubscribers(bg, ch)
 		if err != nil {
 			return err
 		}
-		fields := strings.Fields(out)
-		if len(fields) != 2 || fields[1] != strconv.Itoa(want) {
-			return fmt.Errorf("NUMSUB %s = %q, want %d", ch, out, want)
+		if n != int64(want) {
+			return fmt.Errorf("%d subscribers of %s, want %d", n, ch, want)
 		}
 		return nil
 	})
@@ -210,19 +209,11 @@ func waitSubscribers(t testing.TB, c *cluster, ch string, want int) {
 
 func publishCalls(t testing.TB, c *cluster) int {
 	t.Helper()
-	out, err := c.redis.Exec("INFO", "commandstats")
+	calls, err := c.st.CommandCalls(bg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, "cmdstat_publish:calls=") {
-			v := strings.TrimPrefix(line, "cmdstat_publish:calls=")
-			v = v[:strings.IndexByte(v, ',')]
-			n, _ := strconv.Atoi(v)
-			return n
-		}
-	}
-	return 0
+	return int(calls["publish"] + calls["spublish"]) // SPUBLISH on a Cluster
 }
 
 // TestSendCostsOnePublishPerNode counts PUBLISH commands in Redis' own
@@ -357,8 +348,7 @@ func TestMultiSocketClient(t *testing.T) {
 		mu.Unlock()
 	})
 	checkFor(t, 3*time.Second, func() error {
-		out, _ := c.redis.Exec("PUBSUB", "NUMSUB", "im:events")
-		if !strings.Contains(out, "\n1") {
+		if n, _ := c.st.EventSubscribers(bg); n != 1 {
 			return errors.New("EventBus not subscribed yet")
 		}
 		return nil
@@ -443,7 +433,7 @@ func TestTokens(t *testing.T) {
 		t.Errorf("the owner refused a token that a foreign node saw: %v", err)
 	}
 	// Expired.
-	short, err := imhelper.New(bg, imhelper.Options{RedisURL: c.redis.URL(), TokenTTL: 50 * time.Millisecond})
+	short, err := imhelper.New(bg, c.helperOptions(imhelper.Options{TokenTTL: 50 * time.Millisecond}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -522,8 +512,7 @@ func TestConsumeEventsSurvivesRestart(t *testing.T) {
 	done := make(chan struct{})
 	go func() { _ = h.ConsumeEvents(ctx, "svc", "worker-1", handler); close(done) }()
 	checkFor(t, 3*time.Second, func() error {
-		out, _ := c.redis.Exec("XINFO", "GROUPS", "im:events:stream")
-		if !strings.Contains(out, "svc") {
+		if groups, _ := c.st.EventGroups(bg); !slices.Contains(groups, "svc") {
 			return errors.New("group not created")
 		}
 		return nil

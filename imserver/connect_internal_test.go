@@ -124,8 +124,8 @@ func (h *hookStore) Connect(ctx context.Context, req store.ConnectRequest) (stor
 	return res, err
 }
 
-func (h *hookStore) ConsumeToken(ctx context.Context, token, node string) ([]byte, store.TokenStatus, error) {
-	raw, st, err := h.Node.ConsumeToken(ctx, token, node)
+func (h *hookStore) ConsumeToken(ctx context.Context, client, token, node string) ([]byte, store.TokenStatus, error) {
+	raw, st, err := h.Node.ConsumeToken(ctx, client, token, node)
 	if rec, derr := wire.DecodeTokenRecord(raw); st == store.TokenConsumed && derr == nil {
 		if f := h.take(rec.Client); f != nil {
 			f()
@@ -719,7 +719,7 @@ func (r *rig) issuer() func(node, client, raw string) string {
 			b, _ := json.Marshal(wire.TokenRecord{Node: node, Client: client})
 			raw = string(b)
 		}
-		if err := r.s.st.IssueToken(r.ctx, tok, []byte(raw), time.Minute); err != nil {
+		if err := r.s.st.IssueToken(r.ctx, client, tok, []byte(raw), time.Minute); err != nil {
 			r.t.Fatal(err)
 		}
 		return r.s.PublicURL() + "?token=" + tok + "&client=" + client

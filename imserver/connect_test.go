@@ -2,7 +2,6 @@ package imserver_test
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -130,14 +129,14 @@ func TestConnectCloseRaces(t *testing.T) {
 	// consumer has read the whole stream.
 	var seq []string
 	checkFor(t, 10*time.Second, func() error {
-		out, err := c.redis.Exec("XLEN", "im:events:stream")
+		n, err := c.st.EventStreamLen(bg)
 		if err != nil {
 			return err
 		}
 		events.mu.Lock()
 		defer events.mu.Unlock()
-		if got := strconv.Itoa(len(events.events)); got != strings.TrimSpace(out) {
-			return fmt.Errorf("read %s of %s events", got, strings.TrimSpace(out))
+		if got := len(events.events); int64(got) != n {
+			return fmt.Errorf("read %d of %d events", got, n)
 		}
 		for _, e := range events.events {
 			if e.Client == id {

@@ -48,7 +48,7 @@ func issueToken(t testing.TB, s *Server, client string) string {
 	t.Helper()
 	tok := wire.NewToken()
 	rec, _ := json.Marshal(wire.TokenRecord{Node: s.cfg.NodeID, Client: client, Issued: time.Now().UnixMilli()})
-	if err := s.st.IssueToken(context.Background(), tok, rec, time.Minute); err != nil {
+	if err := s.st.IssueToken(context.Background(), client, tok, rec, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	return tok

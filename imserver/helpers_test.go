@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/imbroker/imbroker/imhelper"
 	"github.com/imbroker/imbroker/imserver"
 	"github.com/imbroker/imbroker/internal/redistest"
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/testnode"
 )
 
@@ -25,11 +27,16 @@ import (
 var checkFor = testnode.WaitFor
 
 type cluster struct {
-	t      testing.TB
-	redis  *redistest.Server
-	nodes  []*imserver.Server
-	helper *imhelper.Client
-	mod    func(*imserver.Config)
+	t testing.TB
+	// redis is the test's own redis-server; nil on a Redis Cluster
+	// (onRedisCluster), where url and prefix name the test's part of the
+	// shared Cluster. st reads Redis' side for assertions either way.
+	redis       *redistest.Server
+	url, prefix string
+	st          *store.Redis
+	nodes       []*imserver.Server
+	helper      *imhelper.Client
+	mod         func(*imserver.Config)
 }
 
 func quietLogger() *slog.Logger {
@@ -38,19 +45,36 @@ func quietLogger() *slog.Logger {
 
 // startCluster starts a private redis-server, n nodes and an imhelper
 // client, and waits until every party sees every node.
+// Under onRedisCluster the test runs on the shared Redis Cluster instead.
 func startCluster(t testing.TB, n int, mod func(*imserver.Config)) *cluster {
 	t.Helper()
+	if url, prefix, ok := redisClusterFor(t); ok {
+		return startClusterAt(t, nil, url, prefix, n, mod)
+	}
 	return startClusterOn(t, redistest.Start(t), n, mod)
 }
 
 // startClusterOn is startCluster on a redis-server the test started.
 func startClusterOn(t testing.TB, rs *redistest.Server, n int, mod func(*imserver.Config)) *cluster {
 	t.Helper()
-	c := &cluster{t: t, redis: rs, mod: mod}
+	return startClusterAt(t, rs, rs.URL(), "", n, mod)
+}
+
+func startClusterAt(t testing.TB, rs *redistest.Server, url, prefix string, n int, mod func(*imserver.Config)) *cluster {
+	t.Helper()
+	c := &cluster{t: t, redis: rs, url: url, prefix: prefix, mod: mod}
+	rc, err := store.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rc.Close)
+	if c.st, err = store.Open(rc, store.Options{Prefix: prefix}); err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < n; i++ {
 		c.startNode(fmt.Sprintf("node-%d", i+1))
 	}
-	h, err := imhelper.New(context.Background(), imhelper.Options{RedisURL: c.redis.URL(), RefreshInterval: 100 * time.Millisecond, Logger: quietLogger()})
+	h, err := imhelper.New(context.Background(), c.helperOptions(imhelper.Options{RefreshInterval: 100 * time.Millisecond, Logger: quietLogger()}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,11 +84,18 @@ func startClusterOn(t testing.TB, rs *redistest.Server, n int, mod func(*imserve
 	return c
 }
 
+// helperOptions is o on the test's Redis (and prefix).
+func (c *cluster) helperOptions(o imhelper.Options) imhelper.Options {
+	o.RedisURL, o.Prefix = c.url, c.prefix
+	return o
+}
+
 func (c *cluster) config(id string) imserver.Config {
 	cfg := imserver.Config{
 		Listen:   "127.0.0.1:0",
 		NodeID:   id,
-		RedisURL: c.redis.URL(),
+		RedisURL: c.url,
+		Prefix:   c.prefix,
 		// Long enough that a loaded machine does not let a live node's
 		// lease lapse; tests of dead nodes use processes with their own.
 		LeaseTTL:      5 * time.Second,
@@ -350,4 +381,20 @@ func (c *cluster) barrier(clients ...*wsClient) {
 			c.t.Fatalf("%s: expected the barrier, got %+v", w.id, f)
 		}
 	}
+}
+
+// listed reports whether node is still in the registry's index, live or
+// waiting to be reaped.
+func listed(c *cluster, node string) bool {
+	c.t.Helper()
+	live, dead, err := c.st.Nodes(bg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, n := range live {
+		if n.ID == node {
+			return true
+		}
+	}
+	return slices.Contains(dead, node)
 }

@@ -21,8 +21,8 @@ import (
 // rules (nil: the defaults).
 func historyHelper(t testing.TB, c *cluster, h *imhelper.HistoryOptions) *imhelper.Client {
 	t.Helper()
-	im, err := imhelper.New(context.Background(), imhelper.Options{RedisURL: c.redis.URL(), RefreshInterval: 100 * time.Millisecond,
-		Logger: quietLogger(), History: h})
+	im, err := imhelper.New(context.Background(), c.helperOptions(imhelper.Options{RefreshInterval: 100 * time.Millisecond,
+		Logger: quietLogger(), History: h}))
 	if err != nil {
 		t.Fatal(err)
 	}

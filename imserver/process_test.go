@@ -86,10 +86,13 @@ func (c *cluster) startProc(id string, extra ...string) *nodeProc {
 func (c *cluster) startProcUnder(wrapper []string, id string, extra ...string) *nodeProc {
 	c.t.Helper()
 	addr, admin := freeAddr(c.t), freeAddr(c.t)
-	args := []string{"-listen", addr, "-admin-listen", admin, "-node-id", id, "-redis-url", c.redis.URL(),
+	args := []string{"-listen", addr, "-admin-listen", admin, "-node-id", id, "-redis-url", c.url,
 		"-lease-ttl", "5s", "-probe-interval", "500ms", "-move-window", "1s", "-drain-window", "500ms",
 		"-connect-rate-per-source", "-1", // every test client dials from 127.0.0.1
 		"-offline-grace", "-1s"} // tests of the grace set their own
+	if c.prefix != "" {
+		args = append(args, "-prefix", c.prefix)
+	}
 	args = append(args, extra...)
 	p := &nodeProc{id: id, url: "ws://" + addr + "/ws", admin: "http://" + admin, exited: make(chan struct{}),
 		logs: &bytes.Buffer{}, logsMu: &sync.Mutex{}}

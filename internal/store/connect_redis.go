@@ -9,9 +9,12 @@ import (
 
 // Connect implements Connects with connect.lua.
 func (r *Redis) Connect(ctx context.Context, req ConnectRequest) (ConnectResult, error) {
+	if r.cluster {
+		return r.connectCluster(ctx, req)
+	}
 	head, tail := req.Online.EncodeAroundMeta()
 	res, err := scriptReply(r.connect.Exec(ctx, r.rc,
-		[]string{r.k.token(req.Token), r.k.online(), r.k.nodeClients(req.Node), r.k.clientNodes(req.Client),
+		[]string{r.k.token(req.Client, req.Token), r.k.online(), r.k.nodeClients(req.Node), r.k.clientNodes(req.Client),
 			r.k.clientChans(req.Client), r.k.eventStream()},
 		[]string{req.Node, req.Client, string(head), string(tail), r.k.eventChannel(), r.streamCap,
 			strconv.Itoa(wire.MaxMetaLen)},

@@ -16,10 +16,10 @@ import (
 
 // issueRaw stores a token whose record is raw, as a business service in
 // another language (or a buggy one) might write it.
-func issueRaw(t *testing.T, st *Redis, raw string) string {
+func issueRaw(t *testing.T, st *Redis, client, raw string) string {
 	t.Helper()
 	tok := wire.NewToken()
-	if err := st.IssueToken(context.Background(), tok, []byte(raw), time.Minute); err != nil {
+	if err := st.IssueToken(context.Background(), client, tok, []byte(raw), time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	return tok
@@ -28,12 +28,12 @@ func issueRaw(t *testing.T, st *Redis, raw string) string {
 func issueRec(t *testing.T, st *Redis, rec wire.TokenRecord) string {
 	t.Helper()
 	b, _ := json.Marshal(rec)
-	return issueRaw(t, st, string(b))
+	return issueRaw(t, st, rec.Client, string(b))
 }
 
-func tokenExists(t *testing.T, st *Redis, tok string) bool {
+func tokenExists(t *testing.T, st *Redis, client, tok string) bool {
 	t.Helper()
-	n, err := st.rc.Do(context.Background(), st.rc.B().Exists().Key(st.k.token(tok)).Build()).AsInt64()
+	n, err := st.rc.Do(context.Background(), st.rc.B().Exists().Key(st.k.token(client, tok)).Build()).AsInt64()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestConnect(t *testing.T) {
 	if slices.Sort(res.Online.Chans); !slices.Equal(res.Online.Chans, []string{"r1", "r2"}) {
 		t.Fatalf("channels %v", res.Online.Chans)
 	}
-	if tokenExists(t, st, tok) {
+	if tokenExists(t, st, "c1", tok) {
 		t.Fatal("token not consumed")
 	}
 	if node, _ := st.ClientNode(ctx, "c1"); node != "n1" {
@@ -121,7 +121,7 @@ func TestConnect(t *testing.T) {
 	if res := connect(tok, "c3"); res.Status != TokenForeign || res.Online != nil {
 		t.Fatalf("foreign: %+v", res)
 	}
-	if !tokenExists(t, st, tok) {
+	if !tokenExists(t, st, "c3", tok) {
 		t.Fatal("a foreign token was consumed")
 	}
 
@@ -130,11 +130,11 @@ func TestConnect(t *testing.T) {
 		t.Fatalf("missing: %+v", res)
 	}
 	for _, raw := range []string{"not json", `{"node":5,"client":"c3"}`, `[1,2]`, `"n1"`, `{"client":"c3"}`, `{"node":"n1"`} {
-		tok := issueRaw(t, st, raw)
+		tok := issueRaw(t, st, "c3", raw)
 		if res := connect(tok, "c3"); res.Status != TokenMissing {
 			t.Errorf("malformed %q: %+v", raw, res)
 		}
-		if tokenExists(t, st, tok) {
+		if tokenExists(t, st, "c3", tok) {
 			t.Errorf("malformed %q kept", raw)
 		}
 	}
@@ -148,12 +148,12 @@ func TestConnect(t *testing.T) {
 		`{"node":"n1","client":"c3","meta":"` + strings.Repeat("m", wire.MaxMetaLen+1) + `"}`,
 		`{"node":"n1","client":"c3","meta":"bad ` + "\xff" + ` byte"}`,
 	} {
-		tok := issueRaw(t, st, raw)
+		tok := issueRaw(t, st, "c3", raw)
 		res := connect(tok, "c3")
 		if res.Status != TokenConsumed || res.Online != nil || string(res.Record) != raw {
 			t.Errorf("%q: %+v", raw, res)
 		}
-		if tokenExists(t, st, tok) {
+		if tokenExists(t, st, "c3", tok) {
 			t.Errorf("%q: token kept", raw)
 		}
 	}
@@ -165,7 +165,7 @@ func TestConnect(t *testing.T) {
 	}
 
 	// A null meta is no meta.
-	res = connect(issueRaw(t, st, `{"node":"n1","client":"c5","meta":null}`), "c5")
+	res = connect(issueRaw(t, st, "c5", `{"node":"n1","client":"c5","meta":null}`), "c5")
 	if res.Online == nil || res.Online.Existed {
 		t.Fatalf("null meta: %+v", res)
 	}
@@ -207,7 +207,7 @@ func TestConnectEventBytes(t *testing.T) {
 		"\xe2\x82", "\x80", "a\xff", "\xc3", "\xe2\x28\xa1", "\xf0\x9f\x98"}
 	for i, raw := range raws {
 		id := "u" + string(rune('a'+i))
-		tok := issueRaw(t, st, `{"node":"n1","client":"`+id+`","meta":"`+raw+`"}`)
+		tok := issueRaw(t, st, id, `{"node":"n1","client":"`+id+`","meta":"`+raw+`"}`)
 		res, err := st.Connect(ctx, ConnectRequest{Token: tok, Client: id, Node: "n1", Online: onlineEvent(id)})
 		if err != nil || res.Status != TokenConsumed {
 			t.Fatalf("%q: %+v %v", raw, res, err)
@@ -247,7 +247,7 @@ func TestConnectAtMaxmemory(t *testing.T) {
 	if !errors.Is(err, ErrRedisFull) {
 		t.Fatalf("connect at maxmemory: %v, want ErrRedisFull", err)
 	}
-	if !tokenExists(t, st, tok) {
+	if !tokenExists(t, st, "c1", tok) {
 		t.Fatal("the token was consumed by a refused connect")
 	}
 	if on, _ := st.AreOnline(ctx, []string{"c1"}); on[0] {
@@ -258,7 +258,7 @@ func TestConnectAtMaxmemory(t *testing.T) {
 	}
 	// consume_token.lua still works at maxmemory: a DEL needs no memory.
 	setMax("1")
-	_, status, err := st.ConsumeToken(ctx, tok, "n1")
+	_, status, err := st.ConsumeToken(ctx, "c1", tok, "n1")
 	setMax("0")
 	if err != nil || status != TokenConsumed {
 		t.Fatalf("consume at maxmemory: %v %v", status, err)

@@ -14,7 +14,14 @@ func (r *Redis) SubscribeEvents(ctx context.Context, fn func([]byte), onLost fun
 	var b Backoff
 	for {
 		dc, release := r.rc.Dedicate()
-		err := dc.Receive(ctx, dc.B().Subscribe().Channel(r.k.eventChannel()).Build(), func(m rueidis.PubSubMessage) {
+		sub := dc.B().Subscribe().Channel(r.k.eventChannel()).Build()
+		if r.cluster {
+			// A sharded channel in the event stream's slot. Receive
+			// returns when a slot migration unsubscribes it, and the
+			// loop subscribes again where the slot now lives.
+			sub = dc.B().Ssubscribe().Channel(r.k.eventChannel()).Build()
+		}
+		err := dc.Receive(ctx, sub, func(m rueidis.PubSubMessage) {
 			fn([]byte(m.Message))
 		})
 		dc.Close()

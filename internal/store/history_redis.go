@@ -148,6 +148,9 @@ func (r *Redis) PublishKept(ctx context.Context, msgs ...KeptNodeMessage) ([][]w
 
 // PublishKeptBatches implements History with send_kept.lua.
 func (r *Redis) PublishKeptBatches(ctx context.Context, batches ...KeptBatch) []KeptResult {
+	if r.cluster {
+		return r.publishKeptCluster(ctx, batches)
+	}
 	execs := make([]rueidis.LuaExec, len(batches))
 	for i := range batches {
 		execs[i] = r.keptExec(&batches[i])
@@ -227,8 +230,16 @@ func splitPositions(arr []string, sends []KeptNodeMessage) ([][]wire.Position, e
 // PublishChannelKept implements History.
 func (r *Redis) PublishChannelKept(ctx context.Context, ch string, frame []byte, k Keep) (wire.Position, error) {
 	stream, meta := r.k.history(Stream{Channel: ch})
-	s, err := r.chanKept.execResult(ctx, r.rc, []string{stream, meta},
-		[]string{r.k.topicChannel(ch), string(frame), strconv.Itoa(k.Size), ms(k.TTL), ms(metaTTL), wire.NewEpoch()}).ToString()
+	var s string
+	run := func() (err error) {
+		s, err = r.chanKept.execResult(ctx, r.rc, []string{stream, meta},
+			[]string{r.k.topicChannel(ch), string(frame), strconv.Itoa(k.Size), ms(k.TTL), ms(metaTTL), wire.NewEpoch(), r.publishVerb()}).ToString()
+		return err
+	}
+	err := run()
+	if r.cluster { // as doPublish: a script that could not dial was never run
+		err = whileUndialled(ctx, err, time.Now().Add(publishRetryFor), run)
+	}
 	if err != nil {
 		return wire.Position{}, full(err)
 	}

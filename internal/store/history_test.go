@@ -18,7 +18,7 @@ import (
 func TestPublishKept(t *testing.T) {
 	st := newTestStore(t)
 	ctx := context.Background()
-	sub := st.rc.B().Subscribe().Channel(st.k.nodeChannel("n1")).Build()
+	sub := subscribeCmd(st, st.k.nodeChannel("n1"))
 	got := make(chan string, 4)
 	go func() {
 		_ = st.rc.Receive(ctx, sub, func(m rueidisMsg) { got <- m.Message })
@@ -88,7 +88,7 @@ func TestPublishKeptBatches(t *testing.T) {
 	ctx := context.Background()
 	got := make(chan string, 4)
 	go func() {
-		_ = st.rc.Receive(ctx, st.rc.B().Subscribe().Channel(st.k.nodeChannel("n1")).Build(), func(m rueidisMsg) { got <- m.Message })
+		_ = st.rc.Receive(ctx, subscribeCmd(st, st.k.nodeChannel("n1")), func(m rueidisMsg) { got <- m.Message })
 	}()
 	waitSubscribed(t, st, st.k.nodeChannel("n1"))
 	keep := Keep{Size: 10, TTL: time.Minute}
@@ -148,7 +148,7 @@ func TestChannelKeptAndEpoch(t *testing.T) {
 	topic := st.k.topicChannel("room")
 	got := make(chan string, 4)
 	go func() {
-		_ = st.rc.Receive(ctx, st.rc.B().Subscribe().Channel(topic).Build(), func(m rueidisMsg) { got <- m.Message })
+		_ = st.rc.Receive(ctx, subscribeCmd(st, topic), func(m rueidisMsg) { got <- m.Message })
 	}()
 	waitSubscribed(t, st, topic)
 	keep := Keep{Size: 10, TTL: time.Minute}
@@ -182,12 +182,21 @@ func TestChannelKeptAndEpoch(t *testing.T) {
 
 type rueidisMsg = rueidis.PubSubMessage
 
+// subscribeCmd subscribes to channel: SSUBSCRIBE on a Cluster, where the
+// store publishes every channel sharded.
+func subscribeCmd(st *Redis, channel string) rueidis.Completed {
+	if st.cluster {
+		return st.rc.B().Ssubscribe().Channel(channel).Build()
+	}
+	return st.rc.B().Subscribe().Channel(channel).Build()
+}
+
 // waitSubscribed waits until Redis counts a subscriber on channel.
 func waitSubscribed(t *testing.T, st *Redis, channel string) {
 	t.Helper()
 	for i := 0; ; i++ {
-		m, err := st.rc.Do(context.Background(), st.rc.B().PubsubNumsub().Channel(channel).Build()).AsIntMap()
-		if err == nil && m[channel] > 0 {
+		n, err := st.subscribers(context.Background(), channel)
+		if err == nil && n > 0 {
 			return
 		}
 		if i > 2000 {
@@ -208,7 +217,7 @@ func TestKeptScriptsRefusedAtMaxmemory(t *testing.T) {
 	ctx := context.Background()
 	got := make(chan string, 4)
 	go func() {
-		_ = st.rc.Receive(ctx, st.rc.B().Subscribe().Channel(st.k.nodeChannel("n1")).Build(), func(m rueidisMsg) { got <- m.Message })
+		_ = st.rc.Receive(ctx, subscribeCmd(st, st.k.nodeChannel("n1")), func(m rueidisMsg) { got <- m.Message })
 	}()
 	waitSubscribed(t, st, st.k.nodeChannel("n1"))
 	setMaxmemory := func(v string) {

@@ -9,6 +9,9 @@ import (
 // Join implements Membership: the member sets, the client's set and the
 // channel index in one round trip, with the client's node read last.
 func (r *Redis) Join(ctx context.Context, client string, chans []string) (string, error) {
+	if r.cluster {
+		return r.joinCluster(ctx, client, chans, true)
+	}
 	cmds := append(r.addMembership(client, chans), r.rc.B().Hget().Key(r.k.online()).Field(client).Build())
 	res := r.rc.DoMulti(ctx, cmds...)
 	if err := firstErr(res[:len(res)-1]); err != nil {
@@ -23,6 +26,9 @@ func (r *Redis) Join(ctx context.Context, client string, chans []string) (string
 
 // Leave implements Membership with leave.lua.
 func (r *Redis) Leave(ctx context.Context, client string, chans []string) (string, error) {
+	if r.cluster {
+		return r.leaveCluster(ctx, client, chans)
+	}
 	keys := append([]string{r.k.clientChans(client), r.k.chans(), r.k.online()}, r.k.chanMemberKeys(chans)...)
 	node, err := r.leave.Exec(ctx, r.rc, keys, append([]string{client}, chans...)).ToString()
 	if rueidis.IsRedisNil(err) {
@@ -35,6 +41,10 @@ func (r *Redis) Leave(ctx context.Context, client string, chans []string) (strin
 func (r *Redis) RestoreMembership(ctx context.Context, client string, chans []string) error {
 	if len(chans) == 0 {
 		return nil
+	}
+	if r.cluster {
+		_, err := r.joinCluster(ctx, client, chans, false)
+		return err
 	}
 	return full(firstErr(r.rc.DoMulti(ctx, r.addMembership(client, chans)...)))
 }
@@ -69,6 +79,9 @@ func (r *Redis) Chans(ctx context.Context) ([]string, error) {
 // ChanOnline implements Membership with chan_online.lua, a few channels per
 // call so that no single call keeps Redis busy for long.
 func (r *Redis) ChanOnline(ctx context.Context, chans []string) ([]int, error) {
+	if r.cluster {
+		return r.chanOnlineCluster(ctx, chans)
+	}
 	out := make([]int, 0, len(chans))
 	for len(chans) > 0 {
 		k := min(len(chans), 50)

@@ -11,6 +11,9 @@ import (
 
 // MarkOnline implements Presence with online.lua.
 func (r *Redis) MarkOnline(ctx context.Context, client, node string, ev wire.Event) (bool, []string, error) {
+	if r.cluster {
+		return r.markOnlineCluster(ctx, client, node, ev)
+	}
 	res, err := scriptReply(r.online.Exec(ctx, r.rc,
 		[]string{r.k.online(), r.k.nodeClients(node), r.k.clientNodes(client), r.k.clientChans(client), r.k.eventStream()},
 		[]string{client, node, string(ev.Encode()), r.k.eventChannel(), r.streamCap},
@@ -27,6 +30,9 @@ func (r *Redis) MarkOnline(ctx context.Context, client, node string, ev wire.Eve
 // is usually right, and when it is not the script says so without writing
 // and names the channels, and it runs once more with those.
 func (r *Redis) MarkOffline(ctx context.Context, req OfflineRequest) (OfflineResult, error) {
+	if r.cluster {
+		return r.offlineCluster(ctx, req)
+	}
 	joined := req.Joined
 	reaping := "0"
 	if req.Reaping {
@@ -67,7 +73,7 @@ func (r *Redis) NodeClients(ctx context.Context, node string, cursor uint64) ([]
 
 // ClientNode implements Presence.
 func (r *Redis) ClientNode(ctx context.Context, client string) (string, error) {
-	node, err := r.rc.Do(ctx, r.rc.B().Hget().Key(r.k.online()).Field(client).Build()).ToString()
+	node, err := r.rc.Do(ctx, r.rc.B().Hget().Key(r.k.presence(client)).Field(client).Build()).ToString()
 	if rueidis.IsRedisNil(err) {
 		return "", nil
 	}
@@ -81,6 +87,9 @@ func (r *Redis) ClientNodes(ctx context.Context, client string) ([]string, error
 
 // AreOnline implements Presence with one HMGET.
 func (r *Redis) AreOnline(ctx context.Context, ids []string) ([]bool, error) {
+	if r.cluster {
+		return r.areOnlineCluster(ctx, ids)
+	}
 	vals, err := r.rc.Do(ctx, r.rc.B().Hmget().Key(r.k.online()).Field(ids...).Build()).ToArray()
 	if err != nil {
 		return nil, err
@@ -94,12 +103,18 @@ func (r *Redis) AreOnline(ctx context.Context, ids []string) ([]bool, error) {
 
 // OnlineCount implements Presence.
 func (r *Redis) OnlineCount(ctx context.Context) (int64, error) {
+	if r.cluster {
+		return r.onlineCountCluster(ctx)
+	}
 	return r.rc.Do(ctx, r.rc.B().Hlen().Key(r.k.online()).Build()).AsInt64()
 }
 
 // OnlineClients implements Presence with HSCAN, so that a million online
 // clients never make one giant reply.
 func (r *Redis) OnlineClients(ctx context.Context, cursor uint64) ([]string, uint64, error) {
+	if r.cluster {
+		return r.onlineClientsCluster(ctx, cursor)
+	}
 	e, err := r.rc.Do(ctx, r.rc.B().Hscan().Key(r.k.online()).Cursor(cursor).Count(1000).Build()).AsScanEntry()
 	if err != nil {
 		return nil, 0, err

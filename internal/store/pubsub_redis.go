@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -60,13 +59,19 @@ const publishRetryFor = 2 * DialTimeout
 // retryPublish sends cmd again while err is a dial error, until give or
 // ctx ends.
 func (r *Redis) retryPublish(ctx context.Context, cmd rueidis.Completed, err error, give time.Time) error {
+	return whileUndialled(ctx, err, give, func() error { return r.rc.Do(ctx, cmd).Error() })
+}
+
+// whileUndialled runs again, with growing pauses, while err is a dial
+// error (nothing was sent), until give or ctx ends.
+func whileUndialled(ctx context.Context, err error, give time.Time, again func() error) error {
 	for wait := 20 * time.Millisecond; isDialError(err) && time.Now().Before(give); wait = min(2*wait, 320*time.Millisecond) {
 		select {
 		case <-ctx.Done():
 			return err
 		case <-time.After(wait):
 		}
-		err = r.rc.Do(ctx, cmd).Error()
+		err = again()
 	}
 	return err
 }
@@ -83,6 +88,15 @@ func isDialError(err error) bool {
 // be copied over the Cluster bus to every other Redis node.
 func (r *Redis) PublishBroadcast(ctx context.Context, frame []byte) error {
 	return r.doPublish(ctx, r.publish(r.k.broadcastChannel(), frame))
+}
+
+// publishVerb is the publish command: SPUBLISH on a Cluster, where every
+// channel is a sharded one (pubsub_cluster.go), else PUBLISH.
+func (r *Redis) publishVerb() string {
+	if r.cluster {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
 }
 
 // publish is PUBLISH, or SPUBLISH on a Cluster (pubsub_cluster.go).
@@ -127,15 +141,17 @@ func (r *Redis) Subscribe(ctx context.Context, node string, onMessage func(Messa
 // router turns what a node's subscription receives into Messages for
 // onMessage, by the channel it came on.
 func (r *Redis) router(node string, onMessage func(Message)) func(rueidis.PubSubMessage) {
-	nodeCh, bcast, topics := r.k.nodeChannel(node), r.k.broadcastChannel(), r.k.topicPrefix()
+	nodeCh, bcast := r.k.nodeChannel(node), r.k.broadcastChannel()
 	return func(m rueidis.PubSubMessage) {
 		switch {
 		case m.Channel == nodeCh:
 			onMessage(Message{Kind: ToNode, Payload: m.Message})
 		case m.Channel == bcast:
 			onMessage(Message{Kind: ToBroadcast, Payload: m.Message})
-		case strings.HasPrefix(m.Channel, topics):
-			onMessage(Message{Kind: ToChannel, Channel: m.Channel[len(topics):], Payload: m.Message})
+		default:
+			if ch, ok := r.k.topicName(m.Channel); ok {
+				onMessage(Message{Kind: ToChannel, Channel: ch, Payload: m.Message})
+			}
 		}
 	}
 }

@@ -25,6 +25,7 @@ type Redis struct {
 	writeLease, sendKept, chanKept                                      *flaggedScript
 	position, readHistory                                               *multiScript
 	readLeases                                                          *multiScript
+	cl                                                                  clusterScripts // steps_cluster.go
 }
 
 var (
@@ -99,7 +100,7 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 		k:            keys{prefix: o.Prefix, cluster: cluster},
 		streamCap:    fmt.Sprint(o.EventStreamMaxLen),
 		consumeToken: rueidis.NewLuaScript(luaToken + scriptConsumeToken),
-		connect:      rueidis.NewLuaScript(luaToken + scriptConnect),
+		connect:      rueidis.NewLuaScript(luaToken + luaEventJSON + scriptConnect),
 		online:       rueidis.NewLuaScript(scriptOnline),
 		offline:      rueidis.NewLuaScript(luaLease + scriptOffline),
 		leave:        rueidis.NewLuaScript(scriptLeave),
@@ -111,6 +112,7 @@ func NewRedis(rc rueidis.Client, o Options) *Redis {
 		position:     newMultiScript(luaHistory + scriptPosition),
 		readHistory:  newMultiScript(luaHistory + scriptReadHistory),
 		readLeases:   newMultiScript(scriptReadLeases),
+		cl:           newClusterScripts(),
 	}
 }
 
@@ -325,19 +327,17 @@ func DialEmbedded(addr string) (rueidis.Client, error) {
 	return rc, nil
 }
 
-// ErrClusterKeys refuses a Redis Cluster: sharded pub/sub is in place
-// (pubsub_cluster.go), but the key layout is not Cluster-safe yet: the
-// connect, presence, membership and kept-send scripts each touch keys in
-// several slots, which a Cluster refuses with CROSSSLOT (issue 10).
-var ErrClusterKeys = errors.New("redis cluster is not supported yet: the presence, membership and history scripts touch keys in several slots (issue 10); use a single Redis (redis://)")
+// ErrPrefixTag refuses, on a Redis Cluster, a key prefix holding "{" or
+// "}": it would become every key's hash tag and put the whole broker on
+// one slot, or cut the tags the layout relies on (keys.go).
+var ErrPrefixTag = errors.New("on a Redis Cluster the key prefix may not contain '{' or '}'")
 
-// Open is NewRedis for a side that runs on rc: it fails with
-// ErrClusterKeys on a Redis Cluster, which the store cannot serve yet (a
-// single or embedded Redis is fine).
+// Open is NewRedis for a side that runs on rc: on a Redis Cluster it
+// refuses a prefix that holds a hash tag (ErrPrefixTag).
 func Open(rc rueidis.Client, o Options) (*Redis, error) {
 	r := NewRedis(rc, o)
-	if r.cluster {
-		return nil, ErrClusterKeys
+	if r.cluster && strings.ContainsAny(r.k.prefix, "{}") {
+		return nil, fmt.Errorf("%w: %q", ErrPrefixTag, r.k.prefix)
 	}
 	return r, nil
 }

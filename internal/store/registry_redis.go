@@ -15,13 +15,16 @@ import (
 )
 
 // IssueToken implements Tokens.
-func (r *Redis) IssueToken(ctx context.Context, token string, rec []byte, ttl time.Duration) error {
-	return full(r.rc.Do(ctx, r.rc.B().Set().Key(r.k.token(token)).Value(rueidis.BinaryString(rec)).Px(ttl).Build()).Error())
+func (r *Redis) IssueToken(ctx context.Context, client, token string, rec []byte, ttl time.Duration) error {
+	return full(r.rc.Do(ctx, r.rc.B().Set().Key(r.k.token(client, token)).Value(rueidis.BinaryString(rec)).Px(ttl).Build()).Error())
 }
 
 // ConsumeToken implements Tokens with consume_token.lua.
-func (r *Redis) ConsumeToken(ctx context.Context, token, node string) ([]byte, TokenStatus, error) {
-	res, err := scriptReply(r.consumeToken.Exec(ctx, r.rc, []string{r.k.token(token)}, []string{node}))
+func (r *Redis) ConsumeToken(ctx context.Context, client, token, node string) ([]byte, TokenStatus, error) {
+	if r.cluster && client == "" {
+		return nil, TokenMissing, nil // no slot to look in (a URL without &client=)
+	}
+	res, err := scriptReply(r.consumeToken.Exec(ctx, r.rc, []string{r.k.token(client, token)}, []string{node}))
 	if err != nil {
 		return nil, TokenMissing, err
 	}
@@ -231,7 +234,15 @@ func (r *Redis) ReleaseReap(ctx context.Context, node string) error {
 
 // FinishReap implements Registry with reap_done.lua.
 func (r *Redis) FinishReap(ctx context.Context, node string) (bool, error) {
-	n, err := r.reapDone.Exec(ctx, r.rc,
-		[]string{r.k.nodeKey(node), r.k.nodeClients(node), r.k.nodeSet(), r.k.reapLock(node)}, []string{node}).AsInt64()
+	keys := []string{r.k.nodeKey(node), r.k.nodeSet(), r.k.reapLock(node)}
+	if !r.cluster {
+		keys = append(keys, r.k.nodeClients(node))
+	}
+	n, err := r.reapDone.Exec(ctx, r.rc, keys, []string{node}).AsInt64()
+	if err == nil && n == 1 && r.cluster {
+		// The node's set is in its own slot: deleted once the node is
+		// gone, so that a reap cut short before this still finds it.
+		err = r.rc.Do(ctx, r.rc.B().Del().Key(r.k.nodeClients(node)).Build()).Error()
+	}
 	return n == 1, err
 }

@@ -25,11 +25,15 @@ import (
 
 // Tokens stores the one-time connect tokens of PrevConnectServer.
 type Tokens interface {
-	// IssueToken stores rec under token for ttl.
-	IssueToken(ctx context.Context, token string, rec []byte, ttl time.Duration) error
+	// IssueToken stores rec under token for ttl; client is whom rec
+	// names (on a Cluster the token lives in that client's slot).
+	IssueToken(ctx context.Context, client, token string, rec []byte, ttl time.Duration) error
 	// ConsumeToken takes the token once, and only on the node it was issued
-	// for: a token for another node is kept (TokenForeign).
-	ConsumeToken(ctx context.Context, token, node string) (rec []byte, st TokenStatus, err error)
+	// for: a token for another node is kept (TokenForeign). client is whom
+	// the caller expects it to name (the URL's hint): on a Cluster a token
+	// is found only through the client it was issued for, and is missing
+	// for any other (or "").
+	ConsumeToken(ctx context.Context, client, token, node string) (rec []byte, st TokenStatus, err error)
 }
 
 // TokenStatus is the outcome of ConsumeToken.
