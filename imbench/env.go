@@ -20,7 +20,7 @@ import (
 type env struct {
 	o        options
 	dir      string
-	redis    *proc
+	redis    []*proc // the redis-server processes imbench started (6 for -cluster)
 	redisURL string
 	nodes    []*node
 	helper   *imhelper.Client
@@ -56,7 +56,15 @@ func newEnv(ctx context.Context, o options) (*env, error) {
 			e.nodes = append(e.nodes, n)
 		}
 	} else {
-		if e.redis, e.redisURL, err = startRedis(dir); err != nil {
+		if o.cluster {
+			e.redis, e.redisURL, err = startRedisCluster(dir)
+		} else {
+			var p *proc
+			if p, e.redisURL, err = startRedis(dir); p != nil {
+				e.redis = []*proc{p}
+			}
+		}
+		if err != nil {
 			return e, err
 		}
 		var extra []string
@@ -119,8 +127,8 @@ func (e *env) close() {
 			}
 		}
 		wg.Wait()
-		if e.redis != nil {
-			e.redis.stop(5 * time.Second)
+		for _, r := range e.redis {
+			r.stop(5 * time.Second)
 		}
 	})
 }
@@ -146,8 +154,8 @@ func (e *env) loadPIDs() []int {
 
 func (e *env) allPIDs() []int {
 	out := append(e.nodePIDs(), e.loadPIDs()...)
-	if e.redis != nil {
-		out = append(out, e.redis.pid())
+	for _, r := range e.redis {
+		out = append(out, r.pid())
 	}
 	return out
 }
@@ -165,8 +173,8 @@ func (e *env) cpu(m *cpuMeter) cpuSummary {
 	for _, pid := range e.loadPIDs() {
 		s.load += p[pid]
 	}
-	if e.redis != nil {
-		s.redis = p[e.redis.pid()]
+	for _, r := range e.redis { // summed over a Cluster's processes
+		s.redis += p[r.pid()]
 	}
 	return s
 }
@@ -203,6 +211,16 @@ func (e *env) connectAll(ctx context.Context, count, dialers int, prefetch bool)
 // connectClients is connectAll; with resume each client presents the
 // position it had when its socket was dropped.
 func (e *env) connectClients(ctx context.Context, count, dialers int, prefetch, resume bool) (connResult, error) {
+	return e.connectOp(ctx, "connect", count, dialers, prefetch, resume)
+}
+
+// redial has every load process connect again, presenting their
+// positions, the clients whose sockets ended (their node died).
+func (e *env) redial(ctx context.Context, dialers int) (connResult, error) {
+	return e.connectOp(ctx, "redial", 0, dialers, false, true)
+}
+
+func (e *env) connectOp(ctx context.Context, op string, count, dialers int, prefetch, resume bool) (connResult, error) {
 	r := connResult{errors: map[string]int{}, hist: Counts{}}
 	if err := e.ensureWorkers(count); err != nil {
 		return r, err
@@ -225,7 +243,7 @@ func (e *env) connectClients(ctx context.Context, count, dialers int, prefetch, 
 		for j := 0; j < e.o.locals; j++ {
 			locals = append(locals, fmt.Sprintf("127.0.%d.%d", 1+(i*e.o.locals+j)/250, 2+(i*e.o.locals+j)%250))
 		}
-		req := workerReq{Op: "connect", RedisURL: e.redisURL, First: first, Count: n,
+		req := workerReq{Op: op, RedisURL: e.redisURL, First: first, Count: n,
 			Dialers: max(1, dialers/nw), Local: locals, Prefetch: prefetch, Deadline: dl.UnixNano(), History: e.o.history, Resume: resume}
 		first += n
 		wg.Add(1)
@@ -343,7 +361,7 @@ func (e *env) commandStats(ctx context.Context) (total, publish int64) {
 			total += n
 		}
 	}
-	return total, calls["publish"]
+	return total, calls["publish"] + calls["spublish"] // SPUBLISH on a Cluster
 }
 
 // nodeSample is RSS and goroutines of every node.

@@ -10,6 +10,7 @@
 //	go run ./imbench -scenario p2p -conns 10000 -rates 10000,50000,100000 -batch 16
 //	go run ./imbench -scenario burst -conns 10000
 //	go run ./imbench -scenario storm -conns 10000 -missed 10
+//	go run ./imbench -scenario nodekill -nodes 6 -conns 100000 -cluster
 //
 // docs/benchmarks.md lists the figures and the exact commands.
 package main
@@ -48,6 +49,7 @@ type options struct {
 	md         string
 	jsonOut    string
 	redisURL   string
+	cluster    bool
 	admins     string
 	nodePIDs   string
 	bin        string
@@ -79,7 +81,7 @@ func main() {
 	}
 	var o options
 	fs := flag.NewFlagSet("imbench", flag.ExitOnError)
-	fs.StringVar(&o.scenario, "scenario", "", "idle, connect, fanout, p2p, burst or storm")
+	fs.StringVar(&o.scenario, "scenario", "", "idle, connect, fanout, p2p, burst, storm or nodekill")
 	fs.IntVar(&o.nodes, "nodes", 1, "imserver nodes to start")
 	fs.IntVar(&o.conns, "conns", 2000, "connections (idle, connect, p2p, burst)")
 	fs.IntVar(&o.members, "members", 2000, "channel members (fanout)")
@@ -97,6 +99,7 @@ func main() {
 	fs.DurationVar(&o.maxP99, "max-p99", time.Second, "stop raising the rate after a step whose p99 is above this or that lost messages")
 	fs.StringVar(&o.md, "md", "", "also write the table as Markdown to this file")
 	fs.StringVar(&o.jsonOut, "json", "", "also write the rows as JSON (input of -plot)")
+	fs.BoolVar(&o.cluster, "cluster", false, "start a local Redis Cluster (3 masters, 3 replicas) instead of one redis-server")
 	fs.StringVar(&o.redisURL, "redis-url", "", "target this Redis and its registered nodes instead of starting them")
 	fs.StringVar(&o.admins, "admin", "", "with -redis-url: comma-separated admin host:port of the nodes (for /metrics)")
 	fs.StringVar(&o.nodePIDs, "node-pids", "", "with -redis-url: comma-separated node pids (for RSS and CPU)")
@@ -194,8 +197,10 @@ func run(ctx context.Context, o options) (*Table, []plotRow, error) {
 		return e.p2p(ctx)
 	case "storm":
 		return e.storm(ctx)
+	case "nodekill":
+		return e.nodekill(ctx)
 	default:
-		return nil, nil, fmt.Errorf("unknown -scenario %q (idle, connect, fanout, p2p, burst, storm)", o.scenario)
+		return nil, nil, fmt.Errorf("unknown -scenario %q (idle, connect, fanout, p2p, burst, storm, nodekill)", o.scenario)
 	}
 }
 

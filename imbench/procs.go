@@ -100,6 +100,83 @@ func startRedis(dir string) (*proc, string, error) {
 		return nil, "", err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
+	if err := waitPong(addr); err != nil {
+		p.stop(time.Second)
+		return nil, "", err
+	}
+	return p, "redis://" + addr + "/0", nil
+}
+
+// startRedisCluster starts six redis-server processes in cluster mode and
+// joins them as three masters with one replica each (redis-cli --cluster
+// create), waiting until every node reports cluster_state:ok. Ports are
+// below the ephemeral range with their bus port (port+10000) free too.
+func startRedisCluster(dir string) ([]*proc, string, error) {
+	var procs []*proc
+	var addrs []string
+	fail := func(err error) ([]*proc, string, error) {
+		for _, p := range procs {
+			p.stop(time.Second)
+		}
+		return nil, "", err
+	}
+	for port := 12000 + 7*(os.Getpid()%500); len(procs) < 6 && port < 22000; port++ {
+		if !portFree(port) || !portFree(port+10000) {
+			continue
+		}
+		name := "redis-" + strconv.Itoa(port)
+		p, err := startProc(name, nil, nil, filepath.Join(dir, name+".out"), "redis-server",
+			"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--cluster-enabled", "yes", "--cluster-config-file", "nodes-"+strconv.Itoa(port)+".conf",
+			"--cluster-node-timeout", "5000", "--dir", dir, "--logfile", filepath.Join(dir, name+".log"))
+		if err != nil {
+			return fail(err)
+		}
+		procs = append(procs, p)
+		addrs = append(addrs, "127.0.0.1:"+strconv.Itoa(port))
+	}
+	if len(procs) < 6 {
+		return fail(errors.New("no six free cluster ports"))
+	}
+	for _, a := range addrs {
+		if err := waitPong(a); err != nil {
+			return fail(err)
+		}
+	}
+	args := append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "1", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		return fail(fmt.Errorf("redis-cli --cluster create: %v: %s", err, out))
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		ok := 0
+		for _, a := range addrs {
+			host, port, _ := net.SplitHostPort(a)
+			out, _ := exec.Command("redis-cli", "-h", host, "-p", port, "cluster", "info").Output()
+			if strings.Contains(string(out), "cluster_state:ok") {
+				ok++
+			}
+		}
+		if ok == len(addrs) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fail(errors.New("the cluster did not reach cluster_state:ok in 60s"))
+		}
+	}
+	return procs, "redis+cluster://" + strings.Join(addrs, ","), nil
+}
+
+func portFree(p int) bool {
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
+// waitPong waits until the redis-server at addr answers PING.
+func waitPong(addr string) error {
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err != nil {
@@ -110,11 +187,10 @@ func startRedis(dir string) (*proc, string, error) {
 		line, _ := bufio.NewReader(c).ReadString('\n')
 		c.Close()
 		if line == "+PONG\r\n" {
-			return p, "redis://" + addr + "/0", nil
+			return nil
 		}
 	}
-	p.stop(time.Second)
-	return nil, "", errors.New("redis-server did not come up")
+	return fmt.Errorf("redis-server on %s did not come up", addr)
 }
 
 // node is one imserver process and its addresses.

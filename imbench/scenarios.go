@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -651,4 +653,69 @@ func (e *env) connectOnline(ctx context.Context, n int, what string) error {
 		return err
 	}
 	return e.waitStats(ctx, func(s recvStats) bool { return s.recovered >= int64(n) })
+}
+
+// nodekill: C clients connect over the nodes, then the first node is
+// killed (SIGKILL); its clients (about C/N) reconnect to the survivors at
+// once, presenting their positions, as browsers do. It reports how soon
+// their sockets ended and imhelper routed around the dead node, how long
+// until every one of them was live on a survivor (its first frame, after
+// its replay), the reconnect rate, and what the nodes and Redis spent.
+func (e *env) nodekill(ctx context.Context) (*Table, []plotRow, error) {
+	load0 := loadavg()
+	C := e.o.conns
+	if len(e.nodes) < 2 || e.nodes[0].proc == nil || e.nodes[0].proc.cmd.Process == nil {
+		return nil, nil, errors.New("nodekill needs at least 2 nodes that imbench started")
+	}
+	if err := e.connectOnline(ctx, C, "clients"); err != nil {
+		return nil, nil, err
+	}
+	victim := e.nodes[0]
+	victims := e.ownersOf(C)[victim.id]
+	before, err := e.stats()
+	if err != nil {
+		return nil, nil, err
+	}
+	killAt := time.Now()
+	if err := victim.proc.cmd.Process.Kill(); err != nil {
+		return nil, nil, err
+	}
+	if err := e.waitStats(ctx, func(s recvStats) bool { return s.alive <= int64(C-victims) }); err != nil {
+		return nil, nil, err
+	}
+	dropped := time.Since(killAt)
+	for {
+		_ = e.helper.RefreshNodes(ctx)
+		if !slices.Contains(e.helper.Nodes(), victim.id) {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	routed := time.Since(killAt)
+	m := newCPUMeter(e.allPIDs())
+	start := time.Now()
+	rc, err := e.redial(ctx, e.o.dialers)
+	if err != nil {
+		return nil, nil, err
+	}
+	var s recvStats
+	werr := e.waitStats(ctx, func(st recvStats) bool { s = st; return st.recovered >= before.recovered+int64(rc.ok) })
+	all := time.Since(start)
+	cpu := e.cpu(m)
+	t := &Table{Title: fmt.Sprintf("nodekill: %d clients on %d nodes, one node killed, its clients reconnect to the %d survivors", C, len(e.nodes), len(e.nodes)-1),
+		Cols: []string{"clients", "on the killed node", "reconnected", "failed", "sockets ended s", "routed around s", "all live again s", "reconnects/s", "connect p50 ms", "p99 ms", "recovered:false", "node CPU %", "redis CPU %"}}
+	t.Add(strconv.Itoa(C), strconv.Itoa(victims), strconv.Itoa(rc.ok), strconv.Itoa(rc.failed), f2(dropped.Seconds()), f2(routed.Seconds()),
+		f2(all.Seconds()), f1(float64(rc.ok)/all.Seconds()), ms(rc.hist.Quantile(0.5)), ms(rc.hist.Quantile(0.99)),
+		itoa(s.unrecov-before.unrecov), f1(cpu.node), f1(cpu.redis))
+	t.Notes = append(t.Notes,
+		"sockets ended / routed around: from the kill until every socket of the killed node had closed / until imhelper stopped handing out its URLs (it has no listener)",
+		"all live again: from the first reconnect (PrevConnectServer, then dial with pos=) until every reconnected socket got its first frame, which follows its replay; CPU over that time")
+	if rc.failed > 0 {
+		t.Notes = append(t.Notes, "connect errors: "+errSummary(rc.errors))
+	}
+	e.note(t, load0)
+	return t, nil, werr
 }

@@ -26,7 +26,7 @@ import (
 // its stdin and reads one JSON reply per line from its stdout.
 
 type workerReq struct {
-	Op string `json:"op"` // connect, arm, stats, drop, close
+	Op string `json:"op"` // connect, redial, arm, stats, drop, close
 
 	// connect
 	RedisURL string   `json:"redis_url,omitempty"`
@@ -83,8 +83,9 @@ type wconn struct {
 	idx int
 	ws  *websocket.Conn
 
-	live atomic.Bool            // the socket's first recovered frame arrived
-	pos  atomic.Pointer[string] // the personal stream's position ("E.N") its first frame reported
+	live  atomic.Bool            // the socket's first recovered frame arrived
+	ended atomic.Bool            // its reader returned: the socket is gone
+	pos   atomic.Pointer[string] // the personal stream's position ("E.N") its first frame reported
 
 	mu   sync.Mutex
 	bits []uint64 // fanout: sequence numbers received
@@ -137,7 +138,13 @@ func runWorker() error {
 		var err error
 		switch req.Op {
 		case "connect":
-			resp, err = w.connect(req)
+			idx := make([]int, req.Count)
+			for i := range idx {
+				idx[i] = req.First + i
+			}
+			resp, err = w.connect(req, idx)
+		case "redial":
+			resp, err = w.connect(req, w.takeEnded())
 		case "arm":
 			rs := &recvState{fanout: req.Mode == "fanout", maxSeq: req.MaxSeq}
 			if !rs.fanout {
@@ -194,6 +201,33 @@ func (w *worker) drop() {
 	w.posMu.Unlock()
 }
 
+// takeEnded removes the sockets that ended (their node died) and returns
+// their clients, keeping each one's last position for a connect with
+// Resume.
+func (w *worker) takeEnded() []int {
+	w.mu.Lock()
+	var ended []int
+	kept := w.conns[:0]
+	w.posMu.Lock()
+	if w.positions == nil {
+		w.positions = map[int]string{}
+	}
+	for _, c := range w.conns {
+		if !c.ended.Load() {
+			kept = append(kept, c)
+			continue
+		}
+		ended = append(ended, c.idx)
+		if p := c.pos.Load(); p != nil {
+			w.positions[c.idx] = *p
+		}
+	}
+	w.posMu.Unlock()
+	w.conns = kept
+	w.mu.Unlock()
+	return ended
+}
+
 func (w *worker) closeAll() {
 	w.mu.Lock()
 	conns := w.conns
@@ -237,10 +271,10 @@ func (w *worker) stats() workerResp {
 	return r
 }
 
-// connect obtains URLs through imhelper.PrevConnectServer and opens
-// req.Count sockets with req.Dialers concurrent dialers, spreading them over
-// the source addresses in req.Local.
-func (w *worker) connect(req workerReq) (workerResp, error) {
+// connect obtains URLs through imhelper.PrevConnectServer and opens a
+// socket for each of clients (c<i>) with req.Dialers concurrent dialers,
+// spreading them over the source addresses in req.Local.
+func (w *worker) connect(req workerReq, clients []int) (workerResp, error) {
 	var resp workerResp
 	ctx, cancel := context.WithDeadline(w.ctx, time.Unix(0, req.Deadline))
 	defer cancel()
@@ -284,12 +318,13 @@ func (w *worker) connect(req workerReq) (workerResp, error) {
 		errs[msg]++
 		errMu.Unlock()
 	}
-	urls := make([]string, req.Count)
+	count := len(clients)
+	urls := make([]string, count)
 	fetch := func(i int) error {
-		u, err := w.helper.PrevConnectServer(ctx, "c"+strconv.Itoa(req.First+i), "")
+		u, err := w.helper.PrevConnectServer(ctx, "c"+strconv.Itoa(clients[i]), "")
 		if req.Resume && err == nil {
 			w.posMu.Lock()
-			if p, ok := w.positions[req.First+i]; ok {
+			if p, ok := w.positions[clients[i]]; ok {
 				u += "&pos=" + p
 			}
 			w.posMu.Unlock()
@@ -307,7 +342,7 @@ func (w *worker) connect(req workerReq) (workerResp, error) {
 				defer wg.Done()
 				for {
 					i := int(idx.Add(1) - 1)
-					if i >= req.Count {
+					if i >= count {
 						return
 					}
 					if err := fetch(i); err != nil {
@@ -323,18 +358,18 @@ func (w *worker) connect(req workerReq) (workerResp, error) {
 	var hist Hist
 	var ok, failed atomic.Int64
 	var lastOK atomic.Int64
-	newConns := make([]*wconn, req.Count)
+	newConns := make([]*wconn, count)
 	resp.DialStart = time.Now().UnixNano()
 	var wg sync.WaitGroup
 	var idx atomic.Int64
-	dialers := max(1, min(req.Dialers, req.Count))
+	dialers := max(1, min(req.Dialers, count))
 	for g := 0; g < dialers; g++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
 				i := int(idx.Add(1) - 1)
-				if i >= req.Count || ctx.Err() != nil {
+				if i >= count || ctx.Err() != nil {
 					return
 				}
 				t0 := time.Now()
@@ -362,7 +397,7 @@ func (w *worker) connect(req workerReq) (workerResp, error) {
 				now := time.Now()
 				hist.Record(int64(now.Sub(t0)))
 				lastOK.Store(now.UnixNano())
-				c := &wconn{idx: req.First + i, ws: ws}
+				c := &wconn{idx: clients[i], ws: ws}
 				newConns[i] = c
 				w.alive.Add(1)
 				go w.read(c)
@@ -382,7 +417,7 @@ func (w *worker) connect(req workerReq) (workerResp, error) {
 	resp.OK, resp.Failed = int(ok.Load()), int(failed.Load())
 	resp.Errors = errs
 	resp.ConnectHist = hist.Sparse()
-	if ctx.Err() != nil && int(ok.Load()) < req.Count {
+	if ctx.Err() != nil && int(ok.Load()) < count {
 		return resp, errors.New("deadline reached while connecting")
 	}
 	return resp, nil
@@ -392,6 +427,7 @@ func (w *worker) connect(req workerReq) (workerResp, error) {
 // duplicates of benchmark messages.
 func (w *worker) read(c *wconn) {
 	defer w.alive.Add(-1)
+	defer c.ended.Store(true)
 	c.ws.SetReadLimit(1 << 20)
 	buf := make([]byte, 0, 512)
 	for {
