@@ -196,6 +196,7 @@ func (e *env) ensureWorkers(total int) error {
 type connResult struct {
 	ok, failed           int
 	errors               map[string]int
+	retried              int // connected after a retry
 	fetchStart, fetchEnd int64
 	dialStart, dialEnd   int64
 	hist                 Counts
@@ -215,12 +216,17 @@ func (e *env) connectClients(ctx context.Context, count, dialers int, prefetch, 
 }
 
 // redial has every load process connect again, presenting their
-// positions, the clients whose sockets ended (their node died).
+// positions, the clients whose sockets ended (their node died); a client
+// whose dial fails asks for a fresh URL and tries again, up to 20 times.
 func (e *env) redial(ctx context.Context, dialers int) (connResult, error) {
 	return e.connectOp(ctx, "redial", 0, dialers, false, true)
 }
 
 func (e *env) connectOp(ctx context.Context, op string, count, dialers int, prefetch, resume bool) (connResult, error) {
+	retries := 0
+	if op == "redial" {
+		retries = 20
+	}
 	r := connResult{errors: map[string]int{}, hist: Counts{}}
 	if err := e.ensureWorkers(count); err != nil {
 		return r, err
@@ -244,7 +250,7 @@ func (e *env) connectOp(ctx context.Context, op string, count, dialers int, pref
 			locals = append(locals, fmt.Sprintf("127.0.%d.%d", 1+(i*e.o.locals+j)/250, 2+(i*e.o.locals+j)%250))
 		}
 		req := workerReq{Op: op, RedisURL: e.redisURL, First: first, Count: n,
-			Dialers: max(1, dialers/nw), Local: locals, Prefetch: prefetch, Deadline: dl.UnixNano(), History: e.o.history, Resume: resume}
+			Dialers: max(1, dialers/nw), Local: locals, Prefetch: prefetch, Deadline: dl.UnixNano(), History: e.o.history, Resume: resume, Retries: retries}
 		first += n
 		wg.Add(1)
 		go func() {
@@ -257,6 +263,7 @@ func (e *env) connectOp(ctx context.Context, op string, count, dialers int, pref
 			}
 			r.ok += resp.OK
 			r.failed += resp.Failed
+			r.retried += resp.Retried
 			for k, v := range resp.Errors {
 				r.errors[k] += v
 			}

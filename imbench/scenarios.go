@@ -706,12 +706,13 @@ func (e *env) nodekill(ctx context.Context) (*Table, []plotRow, error) {
 	all := time.Since(start)
 	cpu := e.cpu(m)
 	t := &Table{Title: fmt.Sprintf("nodekill: %d clients on %d nodes, one node killed, its clients reconnect to the %d survivors", C, len(e.nodes), len(e.nodes)-1),
-		Cols: []string{"clients", "on the killed node", "reconnected", "failed", "sockets ended s", "routed around s", "all live again s", "reconnects/s", "connect p50 ms", "p99 ms", "recovered:false", "node CPU %", "redis CPU %"}}
-	t.Add(strconv.Itoa(C), strconv.Itoa(victims), strconv.Itoa(rc.ok), strconv.Itoa(rc.failed), f2(dropped.Seconds()), f2(routed.Seconds()),
+		Cols: []string{"clients", "on the killed node", "reconnected", "of them retried", "failed", "sockets ended s", "routed around s", "all live again s", "reconnects/s", "connect p50 ms", "p99 ms", "recovered:false", "node CPU %", "redis CPU %"}}
+	t.Add(strconv.Itoa(C), strconv.Itoa(victims), strconv.Itoa(rc.ok), strconv.Itoa(rc.retried), strconv.Itoa(rc.failed), f2(dropped.Seconds()), f2(routed.Seconds()),
 		f2(all.Seconds()), f1(float64(rc.ok)/all.Seconds()), ms(rc.hist.Quantile(0.5)), ms(rc.hist.Quantile(0.99)),
 		itoa(s.unrecov-before.unrecov), f1(cpu.node), f1(cpu.redis))
 	t.Notes = append(t.Notes,
 		"sockets ended / routed around: from the kill until every socket of the killed node had closed / until imhelper stopped handing out its URLs (it has no listener)",
+		"retried: a dial that failed (a load process's imhelper still handed out the dead node's URL: each refreshes its view on its own) got a fresh URL and dialled again, as a browser does",
 		"all live again: from the first reconnect (PrevConnectServer, then dial with pos=) until every reconnected socket got its first frame, which follows its replay; CPU over that time")
 	if rc.failed > 0 {
 		t.Notes = append(t.Notes, "connect errors: "+errSummary(rc.errors))

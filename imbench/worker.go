@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
 	"runtime"
 	"strconv"
 	"sync"
@@ -39,6 +40,7 @@ type workerReq struct {
 	Deadline int64    `json:"deadline,omitempty"` // unix ns
 	History  string   `json:"history,omitempty"`  // -history mode of imhelper
 	Resume   bool     `json:"resume,omitempty"`   // present each client's last position (pos=)
+	Retries  int      `json:"retries,omitempty"`  // dial again (a fresh URL) after a failure, as a browser does
 
 	// arm
 	Mode   string `json:"mode,omitempty"` // fanout or p2p
@@ -47,12 +49,17 @@ type workerReq struct {
 
 const maxSteps = 64
 
+// errURL matches what differs between errors of one kind: URLs, source
+// addresses and ports.
+var errURL = regexp.MustCompile(`"https?://[^"]*"|127\.\d+\.\d+\.\d+:\d+`)
+
 type workerResp struct {
 	Err string `json:"err,omitempty"`
 
 	// connect
 	OK          int            `json:"ok,omitempty"`
 	Failed      int            `json:"failed,omitempty"`
+	Retried     int            `json:"retried,omitempty"` // connected after a retry
 	Errors      map[string]int `json:"errors,omitempty"`
 	FetchStart  int64          `json:"fetch_start,omitempty"`
 	FetchEnd    int64          `json:"fetch_end,omitempty"`
@@ -310,9 +317,11 @@ func (w *worker) connect(req workerReq, clients []int) (workerResp, error) {
 	errs := map[string]int{}
 	var errMu sync.Mutex
 	fail := func(err error) {
-		msg := err.Error()
-		if len(msg) > 80 {
-			msg = msg[:80]
+		// Without the URL and source address, so that errors of one kind
+		// add up.
+		msg := errURL.ReplaceAllString(err.Error(), "<url>")
+		if len(msg) > 200 {
+			msg = msg[:200]
 		}
 		errMu.Lock()
 		errs[msg]++
@@ -357,7 +366,7 @@ func (w *worker) connect(req workerReq, clients []int) (workerResp, error) {
 
 	var hist Hist
 	var ok, failed atomic.Int64
-	var lastOK atomic.Int64
+	var lastOK, retried atomic.Int64
 	newConns := make([]*wconn, count)
 	resp.DialStart = time.Now().UnixNano()
 	var wg sync.WaitGroup
@@ -385,6 +394,19 @@ func (w *worker) connect(req workerReq, clients []int) (workerResp, error) {
 					continue
 				}
 				ws, r, err := websocket.Dial(ctx, urls[i], &websocket.DialOptions{HTTPClient: hc, CompressionMode: websocket.CompressionDisabled})
+				for try := 1; err != nil && try <= req.Retries && ctx.Err() == nil; try++ {
+					// A browser asks for a fresh URL and dials again: its
+					// service's imhelper may still have handed out the
+					// dead node's.
+					time.Sleep(time.Duration(try) * 50 * time.Millisecond)
+					if ferr := fetch(i); ferr != nil {
+						continue
+					}
+					ws, r, err = websocket.Dial(ctx, urls[i], &websocket.DialOptions{HTTPClient: hc, CompressionMode: websocket.CompressionDisabled})
+					if err == nil {
+						retried.Add(1)
+					}
+				}
 				if err != nil {
 					if r != nil {
 						body, _ := io.ReadAll(io.LimitReader(r.Body, 200))
@@ -414,7 +436,7 @@ func (w *worker) connect(req workerReq, clients []int) (workerResp, error) {
 		}
 	}
 	w.mu.Unlock()
-	resp.OK, resp.Failed = int(ok.Load()), int(failed.Load())
+	resp.OK, resp.Failed, resp.Retried = int(ok.Load()), int(failed.Load()), int(retried.Load())
 	resp.Errors = errs
 	resp.ConnectHist = hist.Sparse()
 	if ctx.Err() != nil && int(ok.Load()) < count {
