@@ -20,7 +20,7 @@ import (
 type env struct {
 	o        options
 	dir      string
-	redis    []*proc // the redis-server processes imbench started (6 for -cluster)
+	redis    []*proc // the redis-server processes imbench started (2×-masters for -cluster)
 	redisURL string
 	nodes    []*node
 	helper   *imhelper.Client
@@ -57,7 +57,7 @@ func newEnv(ctx context.Context, o options) (*env, error) {
 		}
 	} else {
 		if o.cluster {
-			e.redis, e.redisURL, err = startRedisCluster(dir)
+			e.redis, e.redisURL, err = startRedisCluster(dir, o.masters)
 		} else {
 			var p *proc
 			if p, e.redisURL, err = startRedis(dir); p != nil {
@@ -440,4 +440,59 @@ func (e *env) ownersOf(n int) map[string]int {
 		out[wire.Owner("c"+strconv.Itoa(i), nodes)]++
 	}
 	return out
+}
+
+// masterStats reads every master's counters at the start of a
+// measurement, for spread to tell how the work went over them.
+func (e *env) masterStats(ctx context.Context) []store.MasterStat {
+	ms, err := e.diag.MasterStats(ctx)
+	if err != nil {
+		return nil
+	}
+	return ms
+}
+
+// spread says how the work since before went over the masters: per master
+// its slots, CPU (from m, % of one core), commands and presence writes
+// (HSET, HDEL) per unit, and the connections holding a subscription there.
+func (e *env) spread(ctx context.Context, before []store.MasterStat, m *cpuMeter, units int64, unit string) string {
+	after := e.masterStats(ctx)
+	if before == nil || len(after) != len(before) || units <= 0 {
+		return ""
+	}
+	pct := m.pct()
+	pidOf := map[string]int{}
+	for _, r := range e.redis {
+		pidOf["127.0.0.1:"+strings.TrimPrefix(r.name, "redis-")] = r.pid()
+	}
+	if len(e.redis) == 1 {
+		pidOf[""] = e.redis[0].pid()
+	}
+	delta := func(i int, names ...string) float64 {
+		var d int64
+		for _, n := range names {
+			d += after[i].Calls[n] - before[i].Calls[n]
+		}
+		return float64(d) / float64(units)
+	}
+	var parts []string
+	for i, a := range after {
+		var total int64
+		for name, n := range a.Calls {
+			if name != "info" && name != "client|list" && name != "cluster|slots" {
+				total += n - before[i].Calls[name]
+			}
+		}
+		cpu := "-"
+		if pid, ok := pidOf[a.Addr]; ok {
+			cpu = f1(pct[pid])
+		}
+		name := a.Addr
+		if name == "" {
+			name = "redis"
+		}
+		parts = append(parts, fmt.Sprintf("%s (%d slots): CPU %s %%, %.2f cmds, %.2f presence writes (hset+hdel), %.3f publishes /%s, %d subscriber conns",
+			name, a.Slots, cpu, float64(total)/float64(units), delta(i, "hset", "hdel"), delta(i, "publish", "spublish"), unit, a.Subscribers))
+	}
+	return "per master: " + strings.Join(parts, "; ")
 }

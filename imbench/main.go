@@ -50,6 +50,7 @@ type options struct {
 	jsonOut    string
 	redisURL   string
 	cluster    bool
+	masters    int
 	admins     string
 	nodePIDs   string
 	bin        string
@@ -99,7 +100,8 @@ func main() {
 	fs.DurationVar(&o.maxP99, "max-p99", time.Second, "stop raising the rate after a step whose p99 is above this or that lost messages")
 	fs.StringVar(&o.md, "md", "", "also write the table as Markdown to this file")
 	fs.StringVar(&o.jsonOut, "json", "", "also write the rows as JSON (input of -plot)")
-	fs.BoolVar(&o.cluster, "cluster", false, "start a local Redis Cluster (3 masters, 3 replicas) instead of one redis-server")
+	fs.BoolVar(&o.cluster, "cluster", false, "start a local Redis Cluster (-masters masters, one replica each) instead of one redis-server")
+	fs.IntVar(&o.masters, "masters", 3, "-cluster: masters (at least 3), each with one replica")
 	fs.StringVar(&o.redisURL, "redis-url", "", "target this Redis and its registered nodes instead of starting them")
 	fs.StringVar(&o.admins, "admin", "", "with -redis-url: comma-separated admin host:port of the nodes (for /metrics)")
 	fs.StringVar(&o.nodePIDs, "node-pids", "", "with -redis-url: comma-separated node pids (for RSS and CPU)")
@@ -114,6 +116,10 @@ func main() {
 	_ = fs.Parse(os.Args[1:])
 	if _, err := historyOptions(o.history); err != nil {
 		fmt.Fprintln(os.Stderr, "imbench:", err)
+		os.Exit(2)
+	}
+	if o.masters < 3 {
+		fmt.Fprintln(os.Stderr, "imbench: -masters: a Redis Cluster needs at least 3 masters")
 		os.Exit(2)
 	}
 

@@ -107,11 +107,12 @@ func startRedis(dir string) (*proc, string, error) {
 	return p, "redis://" + addr + "/0", nil
 }
 
-// startRedisCluster starts six redis-server processes in cluster mode and
-// joins them as three masters with one replica each (redis-cli --cluster
-// create), waiting until every node reports cluster_state:ok. Ports are
-// below the ephemeral range with their bus port (port+10000) free too.
-func startRedisCluster(dir string) ([]*proc, string, error) {
+// startRedisCluster starts 2×masters redis-server processes in cluster
+// mode and joins them as masters with one replica each (redis-cli
+// --cluster create), waiting until every node reports cluster_state:ok.
+// Ports are below the ephemeral range with their bus port (port+10000)
+// free too.
+func startRedisCluster(dir string, masters int) ([]*proc, string, error) {
 	var procs []*proc
 	var addrs []string
 	fail := func(err error) ([]*proc, string, error) {
@@ -120,7 +121,7 @@ func startRedisCluster(dir string) ([]*proc, string, error) {
 		}
 		return nil, "", err
 	}
-	for port := 12000 + 7*(os.Getpid()%500); len(procs) < 6 && port < 22000; port++ {
+	for port := 12000 + 7*(os.Getpid()%500); len(procs) < 2*masters && port < 22000; port++ {
 		if !portFree(port) || !portFree(port+10000) {
 			continue
 		}
@@ -135,8 +136,8 @@ func startRedisCluster(dir string) ([]*proc, string, error) {
 		procs = append(procs, p)
 		addrs = append(addrs, "127.0.0.1:"+strconv.Itoa(port))
 	}
-	if len(procs) < 6 {
-		return fail(errors.New("no six free cluster ports"))
+	if len(procs) < 2*masters {
+		return fail(fmt.Errorf("no %d free cluster ports", 2*masters))
 	}
 	for _, a := range addrs {
 		if err := waitPong(a); err != nil {

@@ -146,6 +146,7 @@ func (e *env) connect(ctx context.Context, burst bool) (*Table, []plotRow, error
 	time.Sleep(500 * time.Millisecond)
 	tot0, _ := e.commandStats(ctx)
 	fb0 := e.connectFallbacks()
+	spread0 := e.masterStats(ctx)
 	m := newCPUMeter(e.allPIDs())
 	start := time.Now()
 	cr, err := e.connectAll(ctx, e.o.conns, dialers, !burst)
@@ -155,6 +156,7 @@ func (e *env) connect(ctx context.Context, burst bool) (*Table, []plotRow, error
 	online, n, werr := e.waitOnline(ctx, int64(cr.ok), time.Minute)
 	cpu := e.cpu(m)
 	tot1, _ := e.commandStats(ctx)
+	spread := e.spread(ctx, spread0, m, int64(cr.ok), "conn")
 	fallbacks := "-"
 	if fb1 := e.connectFallbacks(); fb0 >= 0 && fb1 >= 0 {
 		fallbacks = strconv.FormatInt(fb1-fb0, 10)
@@ -184,6 +186,9 @@ func (e *env) connect(ctx context.Context, burst bool) (*Table, []plotRow, error
 		t.Notes = append(t.Notes, "connect: URLs were fetched (PrevConnectServer, 64 at a time per load process) before dialling: tokens/s")
 	}
 	t.Notes = append(t.Notes, "redis cmds/conn: INFO commandstats delta (commands run inside Lua scripts count too) per connection, token SET included")
+	if spread != "" {
+		t.Notes = append(t.Notes, spread)
+	}
 	t.Notes = append(t.Notes, "2nd trips: first sockets whose presence took a second Redis round trip after the token (im_connect_fallbacks_total delta, all nodes; - without node metrics)")
 	if cr.failed > 0 {
 		t.Notes = append(t.Notes, "connect errors: "+errSummary(cr.errors))
@@ -264,7 +269,7 @@ func (r stepResult) row(t *Table) plotRow {
 		deliv = float64(r.st.Uniq) / max(r.window.Seconds(), float64(r.st.Last-r.start.UnixNano())/1e9)
 	}
 	lost := r.expected - r.st.Uniq
-	t.Add(f0(r.target), f0(r.achieved), f0(deliv), ms(r.hist.Quantile(0.5)), ms(r.hist.Quantile(0.99)), ms(r.hist.Quantile(0.999)), ms(r.hist.Max()),
+	t.Add(rate(r.target), rate(r.achieved), f0(deliv), ms(r.hist.Quantile(0.5)), ms(r.hist.Quantile(0.99)), ms(r.hist.Quantile(0.999)), ms(r.hist.Max()),
 		itoa(r.sent), itoa(r.st.Uniq), itoa(lost), itoa(r.st.Dups), f1(r.cpu.node), f1(r.cpu.redis), f1(r.cpu.load),
 		f2(float64(r.cmds)/float64(max(1, r.sent))), f2(float64(r.pubs)/float64(max(1, r.sent))))
 	return plotRow{Rate: r.achieved, Deliv: deliv, P50: r.hist.Quantile(0.5), P99: r.hist.Quantile(0.99), P999: r.hist.Quantile(0.999)}
@@ -367,6 +372,7 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 
 	t := rateTable(fmt.Sprintf("fanout: one channel, %d members, %d-byte payload, %s steps", M, e.o.payload, e.o.step), "msg/s")
 	var rows []plotRow
+	spread0, spreadCPU, sentAll := e.masterStats(ctx), newCPUMeter(e.allPIDs()), int64(0)
 	for i, rate := range rates {
 		k := i + 1
 		count := int(rate * e.o.step.Seconds())
@@ -389,6 +395,7 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 		if err != nil {
 			return t, rows, err
 		}
+		sentAll += r.sent
 		if s.alive != int64(M) {
 			t.Notes = append(t.Notes, fmt.Sprintf("after step %d only %d of %d sockets alive", k, s.alive, M))
 			break
@@ -400,6 +407,9 @@ func (e *env) fanout(ctx context.Context) (*Table, []plotRow, error) {
 	}
 	if s, err := e.stats(); err == nil && (s.bad > 0 || s.other > 0) {
 		t.Notes = append(t.Notes, fmt.Sprintf("unexpected frames: %d malformed, %d not from the benchmark", s.bad, s.other))
+	}
+	if sp := e.spread(ctx, spread0, spreadCPU, sentAll, "msg"); sp != "" {
+		t.Notes = append(t.Notes, sp+" (over all steps and drains)")
 	}
 	t.Notes = append(t.Notes, "latency: from the send time in the payload (ns, taken just before SendChanMessage) to the receiving load process reading the frame; lost = sent × members − delivered after a drain of up to "+e.o.drain.String())
 	e.note(t, load0)
@@ -434,6 +444,7 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 	t := rateTable(title, "msg/s")
 	var rows []plotRow
 	P := e.o.publishers
+	spread0, spreadCPU, sentAll := e.masterStats(ctx), newCPUMeter(e.allPIDs()), int64(0)
 	for i, rate := range rates {
 		k := i + 1
 		count := int(rate * e.o.step.Seconds())
@@ -482,6 +493,7 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 		if err != nil {
 			return t, rows, err
 		}
+		sentAll += r.sent
 		if r.sendErrs > 0 {
 			t.Notes = append(t.Notes, fmt.Sprintf("step %d: %d SendMessage errors", k, r.sendErrs))
 		}
@@ -496,6 +508,9 @@ func (e *env) p2p(ctx context.Context) (*Table, []plotRow, error) {
 			t.Notes = append(t.Notes, fmt.Sprintf("stopped after step %d: p99 above %s, lost messages or deadline", k, e.o.maxP99))
 			break
 		}
+	}
+	if sp := e.spread(ctx, spread0, spreadCPU, sentAll, "msg"); sp != "" {
+		t.Notes = append(t.Notes, sp+" (over all steps and drains)")
 	}
 	t.Notes = append(t.Notes, "latency: from the send time in the payload (ns, taken just before SendMessage) to the receiving load process reading the frame; receivers are uniform random; \"sent msg/s\" is what the publishers achieved")
 	if B > 1 {

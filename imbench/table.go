@@ -74,6 +74,15 @@ func (t *Table) Markdown(w io.Writer) {
 
 func f0(v float64) string { return fmt.Sprintf("%.0f", v) }
 func f1(v float64) string { return fmt.Sprintf("%.1f", v) }
+
+// rate prints a msg/s figure: whole above 10, else with two decimals (a
+// 100,000-member fan-out steps at fractions of a message per second).
+func rate(v float64) string {
+	if v >= 10 {
+		return f0(v)
+	}
+	return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.2f", v), "0"), ".")
+}
 func f2(v float64) string { return fmt.Sprintf("%.2f", v) }
 func ms(v float64) string {
 	if v < 0 {

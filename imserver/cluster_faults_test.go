@@ -3,6 +3,7 @@ package imserver_test
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -137,13 +138,25 @@ func testClusterFailover(t *testing.T, rc *redistest.Cluster) {
 	f.tr.waitRounds(t, 10)
 	f.tr.finish(t, f.im, f.rs, "room")
 	up := rd.halt()
-	told, lost := 0, 0
+	// A missing delivery of an accepted send is either told (its stream
+	// got recovered:false) or silent: what the dead master acknowledged
+	// and its replica never had, whose offsets the promoted replica hands
+	// out again (docs/operations.md, failover). Reported, not failed:
+	// Redis' asynchronous replication allows it.
+	told, lostFailed, lostTold, lostSilent := 0, 0, 0, 0
 	for _, r := range f.rs {
 		r.mu.Lock()
 		told += r.unrecovered
-		for key := range f.tr.maybe {
-			if r.got[key] == 0 {
-				lost++
+		for key, accepted := range f.tr.maybe {
+			stream, _, _ := strings.Cut(key, "/")
+			switch {
+			case r.got[key] > 0:
+			case !accepted:
+				lostFailed++
+			case r.told[stream]:
+				lostTold++
+			default:
+				lostSilent++
 			}
 		}
 		r.mu.Unlock()
@@ -156,8 +169,14 @@ func testClusterFailover(t *testing.T, rc *redistest.Cluster) {
 	}
 	t.Logf("killed master %s (slot %d): replica promoted %v after the kill; every node resubscribed %v after the kill; unready for %v",
 		killed.Addr, slot, promoted.Round(time.Millisecond), resubscribed.Round(time.Millisecond), up)
-	t.Logf("during the failover: %d sends made, %d refused; %d deliveries of them missing (%d streams told recovered:false); every send after the promotion delivered",
-		len(f.tr.maybe), f.tr.refused.Load(), lost, told)
+	failed := 0
+	for _, accepted := range f.tr.maybe {
+		if !accepted {
+			failed++
+		}
+	}
+	t.Logf("during the failover: %d sends made, %d of them failed; missing deliveries: %d of failed sends, %d of accepted ones on streams told recovered:false, %d of accepted ones silently (%d streams told recovered:false); every send after the promotion delivered",
+		len(f.tr.maybe), failed, lostFailed, lostTold, lostSilent, told)
 	keptEverything(t, f.im, f.events, f.ids, "room")
 }
 

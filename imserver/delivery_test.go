@@ -298,6 +298,7 @@ type resumer struct {
 
 	mu          sync.Mutex
 	unrecovered int
+	told        map[string]bool          // streams told recovered:false
 	pos         map[string]wire.Position // stream ("" personal, else channel) → last position
 	got         map[string]int           // "<stream>/<k>" → copies received
 	ended       map[string]bool          // streams whose end marker arrived
@@ -451,6 +452,10 @@ func (r *resumer) onRecovered(f frame) {
 		// as imclient.js does, take the next frame's position as given.
 		r.mu.Lock()
 		r.unrecovered++
+		if r.told == nil {
+			r.told = map[string]bool{}
+		}
+		r.told[s.Channel] = true
 		delete(r.pos, s.Channel)
 		r.mu.Unlock()
 	}
@@ -516,7 +521,8 @@ type traffic struct {
 	// maybe are the sends made while faulting, accepted or not: each may
 	// or may not reach its clients (an error can come after the publish;
 	// a master can die before its replica has what it acknowledged), so
-	// each arrives at most once ("<stream>/<k>").
+	// each arrives at most once ("<stream>/<k>" → the call returned
+	// without error).
 	maybe   map[string]bool
 	err     error
 	sent    atomic.Int64 // rounds sent so far
@@ -582,7 +588,7 @@ func (tr *traffic) round(im *imhelper.Client, ids []string, room string, k int) 
 		faulting := tr.faulting.Load() // as the call starts
 		err := s.send()
 		if faulting {
-			tr.maybeSent(s.stream + "/" + strconv.Itoa(k))
+			tr.maybeSent(s.stream+"/"+strconv.Itoa(k), err == nil)
 			if err != nil {
 				tr.refused.Add(1)
 			}
@@ -611,11 +617,11 @@ func (tr *traffic) accepted(err error, sent *[]int, call string, k int) bool {
 	return true
 }
 
-func (tr *traffic) maybeSent(key string) {
+func (tr *traffic) maybeSent(key string, accepted bool) {
 	if tr.maybe == nil {
 		tr.maybe = map[string]bool{}
 	}
-	tr.maybe[key] = true
+	tr.maybe[key] = accepted
 }
 
 // waitGot waits until every resumer has every message tr sent so far

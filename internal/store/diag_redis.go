@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -17,30 +18,87 @@ import (
 // On a Cluster the counts are summed over the masters (a replica's would
 // count every replicated write again).
 func (r *Redis) CommandCalls(ctx context.Context) (map[string]int64, error) {
-	out := map[string]int64{}
-	if !r.cluster {
-		return out, r.addCommandCalls(ctx, r.rc, out)
-	}
-	m, err := r.readSlotMap(ctx)
+	ms, err := r.MasterStats(ctx)
 	if err != nil {
 		return nil, err
 	}
-	nodes := r.rc.Nodes()
-	seen := map[string]bool{}
-	for _, addr := range m {
-		if seen[addr] {
-			continue
-		}
-		seen[addr] = true
-		n, ok := nodes[addr]
-		if !ok {
-			return nil, fmt.Errorf("no connection to master %s", addr)
-		}
-		if err := r.addCommandCalls(ctx, n, out); err != nil {
-			return nil, err
+	out := map[string]int64{}
+	for _, m := range ms {
+		for k, v := range m.Calls {
+			out[k] += v
 		}
 	}
 	return out, nil
+}
+
+// MasterStat is one master's share of the work, for load tools that show
+// how it spreads over a Cluster.
+type MasterStat struct {
+	Addr  string           // host:port as CLUSTER SLOTS names it; "" on a single Redis
+	Slots int              // hash slots it serves (16384 on a single Redis)
+	Calls map[string]int64 // INFO commandstats, inner commands of scripts included
+	// Subscribers counts the connections holding a subscription there:
+	// sharded ones (CLIENT LIST ssub>0) on a Cluster, SUBSCRIBE ones on a
+	// single Redis.
+	Subscribers int
+}
+
+// MasterStats reads every master's commandstats and subscriber
+// connections, ordered by address.
+func (r *Redis) MasterStats(ctx context.Context) ([]MasterStat, error) {
+	if !r.cluster {
+		m := MasterStat{Slots: clusterSlots}
+		err := r.readMasterStat(ctx, r.rc, "sub=", &m)
+		return []MasterStat{m}, err
+	}
+	sm, err := r.readSlotMap(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slots := map[string]int{}
+	for _, addr := range sm {
+		slots[addr]++
+	}
+	addrs := make([]string, 0, len(slots))
+	for a := range slots {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	nodes := r.rc.Nodes()
+	out := make([]MasterStat, 0, len(addrs))
+	for _, a := range addrs {
+		n, ok := nodes[a]
+		if !ok {
+			return nil, fmt.Errorf("no connection to master %s", a)
+		}
+		m := MasterStat{Addr: a, Slots: slots[a]}
+		if err := r.readMasterStat(ctx, n, "ssub=", &m); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// readMasterStat fills m from one server: its commandstats, and the
+// connections whose CLIENT LIST field (sub= or ssub=) is not 0.
+func (r *Redis) readMasterStat(ctx context.Context, rc rueidis.Client, field string, m *MasterStat) error {
+	m.Calls = map[string]int64{}
+	if err := r.addCommandCalls(ctx, rc, m.Calls); err != nil {
+		return err
+	}
+	list, err := rc.Do(ctx, rc.B().ClientList().Build()).ToString()
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(list, "\n") {
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, field); ok && v != "0" {
+				m.Subscribers++
+			}
+		}
+	}
+	return nil
 }
 
 // addCommandCalls adds one server's INFO commandstats to out.

@@ -264,12 +264,29 @@ func TestClusterShardedPubSub(t *testing.T) {
 	if err := sub.Topics(ctx, topics...); err != nil {
 		t.Fatal(err)
 	}
-	for addr, n := range cs.pubsubClients(t) {
+	clients := cs.pubsubClients(t)
+	for addr, n := range clients {
 		if n != 1 {
 			t.Errorf("master %s has %d pub/sub connections, want 1", addr, n)
 		}
 	}
 	spub0, pub0 := cs.publishCalls(t)
+	// The load tool's per-master reading agrees with redis-cli's.
+	ms, err := cs.st.MasterStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slots, spubs := 0, 0
+	for _, m := range ms {
+		slots += m.Slots
+		spubs += int(m.Calls["spublish"])
+		if m.Subscribers != clients[m.Addr] {
+			t.Errorf("MasterStats: %s has %d subscriber connections, CLIENT LIST says %d", m.Addr, m.Subscribers, clients[m.Addr])
+		}
+	}
+	if len(ms) != len(cs.c.Masters()) || slots != clusterSlots || spubs != spub0 {
+		t.Errorf("MasterStats: %d masters, %d slots, %d SPUBLISH; want %d, %d, %d", len(ms), slots, spubs, len(cs.c.Masters()), clusterSlots, spub0)
+	}
 	b.wait(t, cs.publishAll(t, topics, "1"))
 	spub, pub := cs.publishCalls(t)
 	if want := 2 + 1 + len(topics); spub-spub0 != want || pub != pub0 {
