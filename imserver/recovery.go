@@ -31,9 +31,16 @@ type socketStreams struct {
 	sentFirst bool                     // the first recovered frame went out; guarded by mu
 	own       wire.Position            // personal stream; zero until known; guarded by mu
 	chans     map[string]wire.Position // channel streams; guarded by mu
-	held      []heldFrame              // guarded by mu
-	heldBytes int                      // guarded by mu
-	fills     []fillRequest            // waiting for the fill loop; guarded by mu
+	// loose marks the streams whose last read failed (Redis down or a
+	// master failing over): the socket was told recovered:false, so the
+	// next frame past its position is taken as given, without a fill, but
+	// the position stays as a floor below which a frame is a duplicate (a
+	// publish retried, a replay and its live copy). Cleared whenever the
+	// position moves; guarded by mu.
+	loose     map[string]bool
+	held      []heldFrame   // guarded by mu
+	heldBytes int           // guarded by mu
+	fills     []fillRequest // waiting for the fill loop; guarded by mu
 }
 
 // heldFrame is a frame that arrived while the socket was held; ch is ""
@@ -65,6 +72,7 @@ func (st *socketStreams) get(ch string) (wire.Position, bool) {
 }
 
 func (st *socketStreams) set(ch string, p wire.Position) {
+	delete(st.loose, ch)
 	if ch == "" {
 		st.own = p
 		return
@@ -81,6 +89,7 @@ func (c *conn) forget(chans []string) {
 	st.mu.Lock()
 	for _, ch := range chans {
 		delete(st.chans, ch)
+		delete(st.loose, ch)
 	}
 	st.mu.Unlock()
 }
@@ -166,6 +175,8 @@ func (st *socketStreams) holdLocked(c *conn, h heldFrame) bool {
 // epoch: a frame of another epoch is then one of a history Redis lost
 // (the socket was told recovered:false when it moved on). No replay holds
 // it, so it goes out, and the position stays in the current epoch.
+// On a loose stream (its last read failed) the next frame past the
+// position goes out and sets it; one at or before it is a duplicate.
 func (c *conn) admitLocked(h heldFrame, read bool) (ok, startFill bool) {
 	st := &c.hist
 	if h.p.IsZero() {
@@ -174,6 +185,12 @@ func (c *conn) admitLocked(h heldFrame, read bool) (ok, startFill bool) {
 	cur, known := st.get(h.ch)
 	switch {
 	case !known:
+		st.set(h.ch, h.p)
+		return c.enqueue(h.f), false
+	case st.loose[h.ch] && h.p.Epoch == cur.Epoch && h.p.Offset <= cur.Offset:
+		c.srv.metrics.duplicates.Inc()
+		return true, false
+	case st.loose[h.ch]:
 		st.set(h.ch, h.p)
 		return c.enqueue(h.f), false
 	case h.p.Epoch != cur.Epoch && read:
@@ -326,12 +343,17 @@ func (s *Server) applyFills(c *conn, reqs []fillRequest, reads []store.HistoryRe
 	for i, r := range reqs {
 		state := wire.StreamState{Channel: r.ch}
 		if err != nil {
-			// Redis failed: the socket cannot know what it missed. Its
-			// position is forgotten, so the next frame sets it again.
+			// Redis failed: the socket cannot know what it missed, and
+			// is told recovered:false. The next frame past its position
+			// is taken as given (no fill per frame while Redis is down);
+			// the position stays as the floor of duplicates, and the next
+			// sweep reads from it again.
 			state.Pos = r.from
-			st.set(r.ch, wire.Position{})
-			if r.ch != "" {
-				delete(st.chans, r.ch)
+			if _, ok := st.get(r.ch); ok {
+				if st.loose == nil {
+					st.loose = make(map[string]bool)
+				}
+				st.loose[r.ch] = true
 			}
 			out = append(out, state)
 			s.metrics.recoveries.WithLabelValues("error").Inc()

@@ -280,6 +280,12 @@ const (
 	// soon commands without a deadline give up on a hung Redis (about
 	// 1 s + ConnTimeout). Blocking commands (XREADGROUP BLOCK) are exempt.
 	ConnTimeout = 3 * time.Second
+	// ShardsRefresh is how often rueidis reads a Cluster's topology in the
+	// background. Without it rueidis learns of a promoted replica only when
+	// a command fails on the dead master, and a node's subscriber, which
+	// needs rueidis' connection to the new master, waited for that (up to
+	// 4 s after the promotion in the failover test). Ignored on one Redis.
+	ShardsRefresh = time.Second
 )
 
 // Dial builds the rueidis client for a Redis URL (parseURL): the one way
@@ -298,6 +304,9 @@ func Dial(url string) (rueidis.Client, error) {
 	}
 	if opt.ConnWriteTimeout == 0 {
 		opt.ConnWriteTimeout = ConnTimeout
+	}
+	if opt.ClusterOption.ShardsRefreshInterval == 0 {
+		opt.ClusterOption.ShardsRefreshInterval = ShardsRefresh
 	}
 	rc, err := rueidis.NewClient(opt)
 	if err != nil {
