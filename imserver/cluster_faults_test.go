@@ -1,6 +1,7 @@
 package imserver_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -130,9 +131,25 @@ func testClusterFailover(t *testing.T, rc *redistest.Cluster) {
 		r.lossTold.Store(true)
 	}
 	killAt := time.Now()
-	f.tr.faulting.Store(true) // until the replica serves the slots
+	f.tr.setFaulting(true) // until the replica serves the slots
 	killed, promoted := rc.KillMaster(slot)
-	f.tr.faulting.Store(false)     // every send from here on must be accepted and delivered
+	// The sender's rueidis client learns of the new master on its own, a
+	// moment after Redis has promoted it (its topology read each second, or
+	// a command failing on the dead master); until then a send into the
+	// slot can fail. Sends count as made after the promotion once it can
+	// reach the slot.
+	key := f.c.prefix + "n:" + f.procs[0].id
+	checkFor(t, 30*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		rc := f.im.Redis()
+		if err := rc.Do(ctx, rc.B().Exists().Key(key).Build()).Error(); err != nil {
+			return fmt.Errorf("imhelper cannot reach slot %d yet: %w", slot, err)
+		}
+		return nil
+	})
+	routed := time.Since(killAt)
+	f.tr.setFaulting(false)        // every send from here on must be accepted and delivered
 	waitSweeps(t, f.procs, before) // each node has a connection to every master
 	resubscribed := time.Since(killAt)
 	f.tr.waitRounds(t, 10)
@@ -167,8 +184,8 @@ func testClusterFailover(t *testing.T, rc *redistest.Cluster) {
 			t.Errorf("%s: /readyz never went false and true again", p.id)
 		}
 	}
-	t.Logf("killed master %s (slot %d): replica promoted %v after the kill; every node resubscribed %v after the kill; unready for %v",
-		killed.Addr, slot, promoted.Round(time.Millisecond), resubscribed.Round(time.Millisecond), up)
+	t.Logf("killed master %s (slot %d): replica promoted %v after the kill; imhelper reached it %v and every node resubscribed %v after the kill; unready for %v",
+		killed.Addr, slot, promoted.Round(time.Millisecond), routed.Round(time.Millisecond), resubscribed.Round(time.Millisecond), up)
 	failed := 0
 	for _, accepted := range f.tr.maybe {
 		if !accepted {

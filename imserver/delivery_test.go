@@ -528,9 +528,12 @@ type traffic struct {
 	sent    atomic.Int64 // rounds sent so far
 	refused atomic.Int64 // sends refused with ErrNoNodes, or failed while faulting
 	// faulting is set while a fault may make Redis refuse or lose sends (a
-	// master killed, not yet replaced): the sends started meanwhile go to
-	// maybe.
+	// master killed, not yet replaced): the sends that overlap it go to
+	// maybe. Set it with setFaulting, which counts its changes in edges, so
+	// that a send in flight when the fault began (or one spanning the whole
+	// fault) is one of them too.
 	faulting atomic.Bool
+	edges    atomic.Int64
 }
 
 // waitRounds waits until n more rounds were sent.
@@ -585,9 +588,9 @@ func (tr *traffic) round(im *imhelper.Client, ids []string, room string, k int) 
 		{"SendMessage", "", &tr.personal, func() error { _, err := im.SendMessage(bg, "s", ids, data); return err }},
 		{"SendChanMessage", room, &tr.channel, func() error { _, err := im.SendChanMessage(bg, "s", room, data); return err }},
 	} {
-		faulting := tr.faulting.Load() // as the call starts
+		edges, faulting := tr.edges.Load(), tr.faulting.Load() // as the call starts
 		err := s.send()
-		if faulting {
+		if faulting || tr.edges.Load() != edges {
 			tr.maybeSent(s.stream+"/"+strconv.Itoa(k), err == nil)
 			if err != nil {
 				tr.refused.Add(1)
@@ -615,6 +618,12 @@ func (tr *traffic) accepted(err error, sent *[]int, call string, k int) bool {
 		return false
 	}
 	return true
+}
+
+// setFaulting starts or ends the fault window of the sends.
+func (tr *traffic) setFaulting(on bool) {
+	tr.faulting.Store(on)
+	tr.edges.Add(1)
 }
 
 func (tr *traffic) maybeSent(key string, accepted bool) {

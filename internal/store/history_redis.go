@@ -275,7 +275,17 @@ func (r *Redis) ReadHistory(ctx context.Context, reqs ...HistoryRequest) ([]Hist
 			Args: []string{strconv.FormatUint(q.After, 10), strconv.Itoa(max(q.Limit, 1)), ms(metaTTL), wire.NewEpoch(), flag(q.Partial)}}
 	}
 	out := make([]HistoryRead, len(reqs))
-	for i, res := range r.readHistory.execMulti(ctx, r.rc, execs...) {
+	var results []rueidis.RedisResult
+	if r.cluster {
+		// A failover: the node is subscribed on the promoted master
+		// before rueidis routes the slot's commands there; a read that
+		// could not dial is tried again rather than the socket told
+		// recovered:false for want of a route.
+		results = r.execUndialled(ctx, r.readHistory, execs, time.Now().Add(publishRetryFor))
+	} else {
+		results = r.readHistory.execMulti(ctx, r.rc, execs...)
+	}
+	for i, res := range results {
 		arr, err := res.AsStrSlice()
 		if err != nil {
 			return out, full(err)

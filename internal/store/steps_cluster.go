@@ -504,7 +504,7 @@ func (r *Redis) publishKeptCluster(ctx context.Context, batches []KeptBatch) []K
 		}
 	}
 	give := time.Now().Add(publishRetryFor) // one budget for the whole call, as doPublish
-	for i, res := range r.appendsRetried(ctx, execs, give) {
+	for i, res := range r.execUndialled(ctx, r.cl.appendKept, execs, give) {
 		ref := refs[i]
 		s, err := res.ToString()
 		if err == nil {
@@ -533,12 +533,12 @@ func (r *Redis) publishKeptCluster(ctx context.Context, batches []KeptBatch) []K
 	return out
 }
 
-// appendsRetried runs the appends, and again those that failed to dial
-// their master (never sent, so not appended: right after a failover
-// rueidis may route to the dead master until its slot map refresh, as
-// doPublish says), until give or ctx ends.
-func (r *Redis) appendsRetried(ctx context.Context, execs []rueidis.LuaExec, give time.Time) []rueidis.RedisResult {
-	res := r.cl.appendKept.execMulti(ctx, r.rc, execs...)
+// execUndialled runs the script over execs, and again those that failed
+// to dial their master (never sent, so never run: right after a failover
+// rueidis may route to the dead master until it has learnt of the new
+// one, as doPublish says), until give or ctx ends.
+func (r *Redis) execUndialled(ctx context.Context, m *multiScript, execs []rueidis.LuaExec, give time.Time) []rueidis.RedisResult {
+	res := m.execMulti(ctx, r.rc, execs...)
 	for wait := 20 * time.Millisecond; time.Now().Before(give); wait = min(2*wait, 320*time.Millisecond) {
 		var again []int
 		for i, x := range res {
@@ -558,7 +558,7 @@ func (r *Redis) appendsRetried(ctx context.Context, execs []rueidis.LuaExec, giv
 		for j, i := range again {
 			retry[j] = execs[i]
 		}
-		for j, x := range r.cl.appendKept.execMulti(ctx, r.rc, retry...) {
+		for j, x := range m.execMulti(ctx, r.rc, retry...) {
 			res[again[j]] = x
 		}
 	}
