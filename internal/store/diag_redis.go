@@ -18,14 +18,14 @@ import (
 // On a Cluster the counts are summed over the masters (a replica's would
 // count every replicated write again).
 func (r *Redis) CommandCalls(ctx context.Context) (map[string]int64, error) {
-	ms, err := r.MasterStats(ctx)
+	ms, err := r.masters(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]int64{}
 	for _, m := range ms {
-		for k, v := range m.Calls {
-			out[k] += v
+		if err := r.addCommandCalls(ctx, m.rc, out); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
@@ -46,10 +46,48 @@ type MasterStat struct {
 // MasterStats reads every master's commandstats and subscriber
 // connections, ordered by address.
 func (r *Redis) MasterStats(ctx context.Context) ([]MasterStat, error) {
+	ms, err := r.masters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	field := "sub="
+	if r.cluster {
+		field = "ssub="
+	}
+	out := make([]MasterStat, len(ms))
+	for i, m := range ms {
+		out[i] = MasterStat{Addr: m.addr, Slots: m.slots, Calls: map[string]int64{}}
+		if err := r.addCommandCalls(ctx, m.rc, out[i].Calls); err != nil {
+			return nil, err
+		}
+		list, err := m.rc.Do(ctx, m.rc.B().ClientList().Build()).ToString()
+		if err != nil {
+			return nil, err
+		}
+		// The connections whose field (sub= or ssub=) is not 0.
+		for _, line := range strings.Split(list, "\n") {
+			for _, f := range strings.Fields(line) {
+				if v, ok := strings.CutPrefix(f, field); ok && v != "0" {
+					out[i].Subscribers++
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// master is one server that takes writes: the single Redis, or a Cluster
+// master with the slots it serves.
+type master struct {
+	addr  string
+	slots int
+	rc    rueidis.Client
+}
+
+// masters lists the servers that take writes, ordered by address.
+func (r *Redis) masters(ctx context.Context) ([]master, error) {
 	if !r.cluster {
-		m := MasterStat{Slots: clusterSlots}
-		err := r.readMasterStat(ctx, r.rc, "sub=", &m)
-		return []MasterStat{m}, err
+		return []master{{slots: clusterSlots, rc: r.rc}}, nil
 	}
 	sm, err := r.readSlotMap(ctx)
 	if err != nil {
@@ -65,40 +103,15 @@ func (r *Redis) MasterStats(ctx context.Context) ([]MasterStat, error) {
 	}
 	sort.Strings(addrs)
 	nodes := r.rc.Nodes()
-	out := make([]MasterStat, 0, len(addrs))
+	out := make([]master, 0, len(addrs))
 	for _, a := range addrs {
 		n, ok := nodes[a]
 		if !ok {
 			return nil, fmt.Errorf("no connection to master %s", a)
 		}
-		m := MasterStat{Addr: a, Slots: slots[a]}
-		if err := r.readMasterStat(ctx, n, "ssub=", &m); err != nil {
-			return nil, err
-		}
-		out = append(out, m)
+		out = append(out, master{addr: a, slots: slots[a], rc: n})
 	}
 	return out, nil
-}
-
-// readMasterStat fills m from one server: its commandstats, and the
-// connections whose CLIENT LIST field (sub= or ssub=) is not 0.
-func (r *Redis) readMasterStat(ctx context.Context, rc rueidis.Client, field string, m *MasterStat) error {
-	m.Calls = map[string]int64{}
-	if err := r.addCommandCalls(ctx, rc, m.Calls); err != nil {
-		return err
-	}
-	list, err := rc.Do(ctx, rc.B().ClientList().Build()).ToString()
-	if err != nil {
-		return err
-	}
-	for _, line := range strings.Split(list, "\n") {
-		for _, f := range strings.Fields(line) {
-			if v, ok := strings.CutPrefix(f, field); ok && v != "0" {
-				m.Subscribers++
-			}
-		}
-	}
-	return nil
 }
 
 // addCommandCalls adds one server's INFO commandstats to out.

@@ -238,7 +238,7 @@ func (r *Redis) PublishChannelKept(ctx context.Context, ch string, frame []byte,
 	}
 	err := run()
 	if r.cluster { // as doPublish: a script that could not dial was never run
-		err = whileUndialled(ctx, err, time.Now().Add(publishRetryFor), run)
+		err = whileUndialled(ctx, err, time.Now().Add(undialledRetryFor), run)
 	}
 	if err != nil {
 		return wire.Position{}, full(err)
@@ -281,7 +281,7 @@ func (r *Redis) ReadHistory(ctx context.Context, reqs ...HistoryRequest) ([]Hist
 		// before rueidis routes the slot's commands there; a read that
 		// could not dial is tried again rather than the socket told
 		// recovered:false for want of a route.
-		results = r.execUndialled(ctx, r.readHistory, execs, time.Now().Add(publishRetryFor))
+		results = r.execUndialled(ctx, r.readHistory, execs, time.Now().Add(undialledRetryFor))
 	} else {
 		results = r.readHistory.execMulti(ctx, r.rc, execs...)
 	}

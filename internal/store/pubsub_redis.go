@@ -19,7 +19,7 @@ func (r *Redis) PublishNodes(ctx context.Context, msgs ...NodeMessage) error {
 		cmds[i] = r.publish(r.k.nodeChannel(m.Node), m.Msg)
 	}
 	var first error
-	give := time.Now().Add(publishRetryFor) // one budget for the whole call
+	give := time.Now().Add(undialledRetryFor) // one budget for the whole call
 	for i, res := range r.rc.DoMulti(ctx, cmds...) {
 		err := res.Error()
 		if r.cluster && isDialError(err) { // never sent: see doPublish
@@ -49,12 +49,13 @@ func (r *Redis) doPublish(ctx context.Context, cmd rueidis.Completed) error {
 	if !r.cluster {
 		return err
 	}
-	return r.retryPublish(ctx, cmd, err, time.Now().Add(publishRetryFor))
+	return r.retryPublish(ctx, cmd, err, time.Now().Add(undialledRetryFor))
 }
 
-// publishRetryFor bounds the retries of doPublish; a failover's refresh
-// took 0.7-0.8 s in tests.
-const publishRetryFor = 2 * DialTimeout
+// undialledRetryFor bounds how long a command that could not dial its
+// master is tried again on a Cluster (publishes, kept sends, history
+// reads); a failover's refresh took 0.7-0.8 s in tests.
+const undialledRetryFor = 2 * DialTimeout
 
 // retryPublish sends cmd again while err is a dial error, until give or
 // ctx ends.

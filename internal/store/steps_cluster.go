@@ -503,7 +503,7 @@ func (r *Redis) publishKeptCluster(ctx context.Context, batches []KeptBatch) []K
 			out[bi].Pos[si] = make([]wire.Position, len(batches[bi].Sends[si].Keep))
 		}
 	}
-	give := time.Now().Add(publishRetryFor) // one budget for the whole call, as doPublish
+	give := time.Now().Add(undialledRetryFor) // one budget for the whole call, as doPublish
 	for i, res := range r.execUndialled(ctx, r.cl.appendKept, execs, give) {
 		ref := refs[i]
 		s, err := res.ToString()
@@ -539,30 +539,31 @@ func (r *Redis) publishKeptCluster(ctx context.Context, batches []KeptBatch) []K
 // one, as doPublish says), until give or ctx ends.
 func (r *Redis) execUndialled(ctx context.Context, m *multiScript, execs []rueidis.LuaExec, give time.Time) []rueidis.RedisResult {
 	res := m.execMulti(ctx, r.rc, execs...)
-	for wait := 20 * time.Millisecond; time.Now().Before(give); wait = min(2*wait, 320*time.Millisecond) {
+	_ = whileUndialled(ctx, undialled(res), give, func() error {
 		var again []int
+		var retry []rueidis.LuaExec
 		for i, x := range res {
 			if isDialError(x.Error()) {
 				again = append(again, i)
+				retry = append(retry, execs[i])
 			}
-		}
-		if len(again) == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return res
-		case <-time.After(wait):
-		}
-		retry := make([]rueidis.LuaExec, len(again))
-		for j, i := range again {
-			retry[j] = execs[i]
 		}
 		for j, x := range m.execMulti(ctx, r.rc, retry...) {
 			res[again[j]] = x
 		}
-	}
+		return undialled(res)
+	})
 	return res
+}
+
+// undialled returns the first dial error among res, or nil.
+func undialled(res []rueidis.RedisResult) error {
+	for _, x := range res {
+		if err := x.Error(); isDialError(err) {
+			return err
+		}
+	}
+	return nil
 }
 
 // keptMessage is the node message of b with its positions, as
