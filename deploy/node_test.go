@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/imbroker/imbroker/imhelper"
 	"github.com/imbroker/imbroker/imserver"
+	"github.com/imbroker/imbroker/internal/freeport"
 	"github.com/imbroker/imbroker/internal/redistest"
 )
 
@@ -230,12 +230,7 @@ func TestExampleProbesServed(t *testing.T) {
 		t.Fatal(err)
 	}
 	redis := redistest.Start(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeport.Addr(t)
 	cmd := exec.Command(bin)
 	cmd.Env = os.Environ()
 	for name, v := range expandEnv(t, c, "") {

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/imbroker/imbroker/imserver"
+	"github.com/imbroker/imbroker/internal/freeport"
 )
 
 // proc is a child process: redis-server, a node or a load worker. Children
@@ -76,22 +77,17 @@ func (p *proc) stop(grace time.Duration) {
 	}
 }
 
+// freePort claims a loopback port below the ephemeral range for a child to
+// listen on (see freeport). The claim lasts as long as imbench runs.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	p, _, err := freeport.Take()
+	return p, err
 }
 
 func startRedis(dir string) (*proc, string, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, "", err
-	}
-	if port == 6379 {
-		return nil, "", errors.New("refusing port 6379")
 	}
 	p, err := startProc("redis", nil, nil, filepath.Join(dir, "redis.out"), "redis-server",
 		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -110,8 +106,8 @@ func startRedis(dir string) (*proc, string, error) {
 // startRedisCluster starts 2×masters redis-server processes in cluster
 // mode and joins them as masters with one replica each (redis-cli
 // --cluster create), waiting until every node reports cluster_state:ok.
-// Ports are below the ephemeral range with their bus port (port+10000)
-// free too.
+// Each port is claimed with its bus port (port+10000), both below the
+// ephemeral range.
 func startRedisCluster(dir string, masters int) ([]*proc, string, error) {
 	var procs []*proc
 	var addrs []string
@@ -121,9 +117,10 @@ func startRedisCluster(dir string, masters int) ([]*proc, string, error) {
 		}
 		return nil, "", err
 	}
-	for port := 12000 + 7*(os.Getpid()%500); len(procs) < 2*masters && port < 22000; port++ {
-		if !portFree(port) || !portFree(port+10000) {
-			continue
+	for len(procs) < 2*masters {
+		port, _, err := freeport.TakePair(10000)
+		if err != nil {
+			return fail(err)
 		}
 		name := "redis-" + strconv.Itoa(port)
 		p, err := startProc(name, nil, nil, filepath.Join(dir, name+".out"), "redis-server",
@@ -135,9 +132,6 @@ func startRedisCluster(dir string, masters int) ([]*proc, string, error) {
 		}
 		procs = append(procs, p)
 		addrs = append(addrs, "127.0.0.1:"+strconv.Itoa(port))
-	}
-	if len(procs) < 2*masters {
-		return fail(fmt.Errorf("no %d free cluster ports", 2*masters))
 	}
 	for _, a := range addrs {
 		if err := waitPong(a); err != nil {
@@ -165,15 +159,6 @@ func startRedisCluster(dir string, masters int) ([]*proc, string, error) {
 		}
 	}
 	return procs, "redis+cluster://" + strings.Join(addrs, ","), nil
-}
-
-func portFree(p int) bool {
-	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-	if err != nil {
-		return false
-	}
-	l.Close()
-	return true
 }
 
 // waitPong waits until the redis-server at addr answers PING.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imbroker/imbroker/internal/freeport"
 	"github.com/imbroker/imbroker/internal/testnode"
 )
 
@@ -65,14 +65,10 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
-func freeAddr(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+// freeAddr is a loopback address for a node process to listen on, claimed
+// until the test ends (see freeport: a port from Listen(":0") could be taken
+// by an outgoing connection before the process binds it).
+func freeAddr(t testing.TB) string { return freeport.Addr(t) }
 
 // startProc starts a node process with the given extra flags and waits until
 // it reports ready.

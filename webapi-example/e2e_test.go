@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imbroker/imbroker/internal/freeport"
 	"github.com/imbroker/imbroker/internal/redistest"
 )
 
@@ -212,12 +212,7 @@ func buildImserver(t *testing.T) string {
 
 func startNodeProcess(t *testing.T, bin, redisURL, id string) *nodeProcess {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeport.Addr(t)
 	n := &nodeProcess{t: t, bin: bin, addr: addr, args: []string{
 		"-listen", addr, "-redis-url", redisURL, "-node-id", id,
 		"-origins", "127.0.0.1:*", "-drain-window", "200ms", "-drain-timeout", "5s",

@@ -2,7 +2,6 @@ package redistest
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imbroker/imbroker/internal/freeport"
 )
 
 // Cluster is a real Redis Cluster of redis-server child processes: three
@@ -63,34 +64,15 @@ func StartCluster(t testing.TB) *Cluster {
 	return c
 }
 
-// clusterPorts finds n ports p that are free together with their cluster
-// bus port p+10000, both below the ephemeral range (32768 and up), so that
-// no outgoing connection of the machine takes one meanwhile.
+// clusterPorts claims n ports p, each with its cluster bus port p+10000,
+// all below the ephemeral range (see freeport).
 func clusterPorts(t testing.TB, n int) []int {
 	t.Helper()
-	var ports []int
-	used := map[int]bool{}
-	for tries := 0; len(ports) < n && tries < 1000; tries++ {
-		p := 10000 + rand.IntN(12000) // p+10000 < 32768
-		if used[p] || used[p+10000] || !portFree(p) || !portFree(p+10000) {
-			continue
-		}
-		used[p], used[p+10000] = true, true
-		ports = append(ports, p)
-	}
-	if len(ports) < n {
-		t.Fatalf("found only %d of %d free cluster port pairs", len(ports), n)
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = freeport.Pair(t, 10000)
 	}
 	return ports
-}
-
-func portFree(p int) bool {
-	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-	if err != nil {
-		return false
-	}
-	l.Close()
-	return true
 }
 
 // URL is the redis+cluster:// URL naming every node as a seed.

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/imbroker/imbroker/internal/freeport"
 )
 
 // Server is a redis-server child process.
@@ -45,7 +47,7 @@ func StartWith(t testing.TB, args ...string) *Server {
 		t.Fatalf("redis-server not found (install the redis-server package): %v", err)
 	}
 	s := &Server{dir: t.TempDir(), t: t, extra: args}
-	s.Port = freePort(t)
+	s.Port = freeport.Port(t) // held until the test ends, so Restart finds it again
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
 	s.start()
 	t.Cleanup(s.Kill)
@@ -112,15 +114,6 @@ func (s *Server) signal(sig syscall.Signal) {
 func (s *Server) Restart() {
 	s.Kill()
 	s.start()
-}
-
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("no free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Exec runs one redis-cli command against the server and returns its output.
