@@ -299,6 +299,7 @@ type resumer struct {
 	mu          sync.Mutex
 	unrecovered int
 	told        map[string]bool          // streams told recovered:false
+	left        map[string]string        // stream → an epoch a recovered frame moved it off
 	pos         map[string]wire.Position // stream ("" personal, else channel) → last position
 	got         map[string]int           // "<stream>/<k>" → copies received
 	ended       map[string]bool          // streams whose end marker arrived
@@ -448,15 +449,23 @@ func (r *resumer) onRecovered(f frame) {
 			r.fail(fmt.Errorf("%s told recovered:false: %+v", r.id, f))
 			continue
 		}
-		// Told that the stream lost what it held (or could not be read):
-		// as imclient.js does, take the next frame's position as given.
+		// Told that the stream lost what it held (or could not be read).
+		// Moved to a new epoch: the stream goes on from the told position,
+		// and a late frame of the epoch left is one of the lost history,
+		// written as it is (protocol.md §17.6). Otherwise, as imclient.js
+		// does, take the next frame's position as given.
 		r.mu.Lock()
 		r.unrecovered++
 		if r.told == nil {
-			r.told = map[string]bool{}
+			r.told, r.left = map[string]bool{}, map[string]string{}
 		}
 		r.told[s.Channel] = true
-		delete(r.pos, s.Channel)
+		if cur, ok := r.pos[s.Channel]; ok && s.Epoch != "" && s.Epoch != cur.Epoch {
+			r.left[s.Channel] = cur.Epoch
+			r.pos[s.Channel] = wire.Position{Epoch: s.Epoch, Offset: s.Offset}
+		} else {
+			delete(r.pos, s.Channel)
+		}
 		r.mu.Unlock()
 	}
 }
@@ -480,11 +489,16 @@ func (r *resumer) onFrame(f frame) {
 		r.fail0(fmt.Errorf("%s: a frame without a position: %+v", r.id, f))
 		return
 	}
-	if cur, ok := r.pos[stream]; ok && (cur.Epoch != f.Epoch || f.Offset != cur.Offset+1) {
+	cur, ok := r.pos[stream]
+	switch {
+	case ok && cur.Epoch != f.Epoch && f.Epoch == r.left[stream]:
+		// of the lost history: the position stays
+	case ok && (cur.Epoch != f.Epoch || f.Offset != cur.Offset+1):
 		r.fail0(fmt.Errorf("%s stream %q: %s.%d after %s", r.id, stream, f.Epoch, f.Offset, cur))
 		return
+	default:
+		r.pos[stream] = wire.Position{Epoch: f.Epoch, Offset: f.Offset}
 	}
-	r.pos[stream] = wire.Position{Epoch: f.Epoch, Offset: f.Offset}
 	var body struct {
 		K   int  `json:"k"`
 		End bool `json:"end"`

@@ -373,10 +373,12 @@ func (s *Server) applyFills(c *conn, reqs []fillRequest, reads []store.HistoryRe
 		}
 		state.Pos = h.Top
 		switch {
-		case h.Top.Epoch != from.Epoch && h.Top.Offset > 0:
+		case h.Top.Offset > 0 && (h.Top.Epoch != from.Epoch || lost):
 			// The stream's history began again (Redis lost it): the socket
 			// is told recovered:false and stands at the new epoch's start;
-			// a fill from there replays what the new epoch holds.
+			// a fill from there replays what the new epoch holds, after the
+			// recovered frame, so that a client learns of the loss before
+			// it sees the new epoch's frames.
 			start := wire.Position{Epoch: h.Top.Epoch}
 			st.set(r.ch, start)
 			st.fills = append(st.fills, fillRequest{ch: r.ch, from: start})

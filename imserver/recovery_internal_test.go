@@ -1,12 +1,17 @@
 package imserver
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/imbroker/imbroker/internal/store"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -65,5 +70,77 @@ func TestFailedFillKeepsDuplicateFloor(t *testing.T) {
 	}
 	if _, fill := c.admitLocked(frame(10), false); !fill {
 		t.Fatal("a gap once the stream was taken up again started no fill")
+	}
+}
+
+// pipeConn is a conn of s whose socket is one end of a pipe; everything the
+// socket writes is collected in out.
+func pipeConn(t *testing.T, s *Server, id string) (*conn, *lockedBuffer) {
+	t.Helper()
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	out := &lockedBuffer{}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := b.Read(buf)
+			_, _ = out.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	c := &conn{srv: s, w: s.newSockWriter(a), cl: &client{id: id}}
+	c.w.onSlow, c.w.onBroken = func() {}, func() {}
+	c.w.start()
+	t.Cleanup(func() { c.w.Close() })
+	return c, out
+}
+
+// A live frame of a new epoch (the stream's Redis lost its history, e.g. a
+// replica promoted before it had the old master's last appends) makes the
+// node tell the socket recovered:false at the new epoch's start before it
+// replays the new epoch, so a client learns of the loss before it sees the
+// new epoch's frames; the frame itself is not written twice. A late frame
+// of the lost epoch, held meanwhile, goes out as it is (protocol.md §17.6).
+func TestNewEpochToldBeforeReplay(t *testing.T) {
+	s := startTestNode(t, Config{})
+	ctx := context.Background()
+	pos, err := s.st.PublishKept(ctx, store.KeptNodeMessage{Node: "elsewhere",
+		Header: wire.NodeMsg{Kind: wire.KindSend, To: []string{"c1"}, ID: "m"},
+		Frame:  []byte(`{"type":"message","data":"new"}`), Keep: []store.Keep{{Size: 10, TTL: time.Minute}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := pos[0][0] // the stream's epoch in Redis, offset 1
+	c, out := pipeConn(t, s, "c1")
+	st := &c.hist
+	st.mu.Lock()
+	st.set("", wire.Position{Epoch: "e1", Offset: 5})
+	st.sentFirst = true
+	st.mu.Unlock()
+	live := wire.AppendPosition([]byte(`{"type":"message","data":"new"}`), now)
+	c.deliver("", now, outFrame{b: live})
+	c.deliver("", wire.Position{Epoch: "e1", Offset: 6}, outFrame{b: []byte(`{"type":"message","data":"late"}`)})
+	waitFor(t, 10*time.Second, func() error {
+		if !strings.Contains(out.String(), `"data":"late"`) {
+			return fmt.Errorf("the held frames are not out yet: %q", out.String())
+		}
+		return nil
+	})
+	got := out.String()
+	told := strings.Index(got, `"recovered":false`)
+	replay := strings.Index(got, `"data":"new"`)
+	if told < 0 || !strings.Contains(got, `"epoch":"`+now.Epoch+`","offset":0,"recovered":false`) {
+		t.Fatalf("the socket was not told recovered:false at the new epoch's start: %q", got)
+	}
+	if replay < told {
+		t.Fatalf("the new epoch's frame went out before the socket was told of the loss: %q", got)
+	}
+	if n := strings.Count(got, `"data":"new"`); n != 1 {
+		t.Fatalf("the new epoch's frame went out %d times: %q", n, got)
+	}
+	if p, _ := st.get(""); p != now {
+		t.Fatalf("position %v, want %v", p, now)
 	}
 }

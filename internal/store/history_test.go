@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/imbroker/imbroker/internal/redistest"
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
@@ -310,5 +311,99 @@ func TestMultiScriptsLoadOnce(t *testing.T) {
 	p, err := st.Positions(ctx, Stream{Client: "bob"})
 	if err != nil || p[0].Offset != 22 {
 		t.Fatalf("bob's position %v, %v; want offset 22", p, err)
+	}
+}
+
+// storeAt is a store on the given standalone Redis.
+func storeAt(t *testing.T, s *redistest.Server) *Redis {
+	t.Helper()
+	rc, err := Dial(s.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rc.Close)
+	return NewRedis(rc, Options{})
+}
+
+// A replica promoted while its master had acknowledged an append it never
+// received must not hand that offset out again: a node holding the lost
+// message's position would drop the new one as a duplicate, silently. The
+// stream starts a new epoch instead, so its readers are told
+// recovered:false. (Async replication: the master answers before the
+// replica has the write. Here the replica is promoted first and the
+// master keeps taking writes, the same loss made certain.)
+func TestPromotedReplicaStartsNewEpoch(t *testing.T) {
+	master := redistest.StartWith(t, "--repl-diskless-sync-delay", "0")
+	replica := redistest.StartWith(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.Port))
+	ctx := context.Background()
+	keep := Keep{Size: 10, TTL: time.Minute}
+	old := storeAt(t, master)
+	var before wire.Position
+	for range 3 {
+		p, err := old.PublishChannelKept(ctx, "room", []byte(`{"type":"channel"}`), keep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = p
+	}
+	// WAIT (without a bound: the condition itself) until the replica has
+	// the three appends.
+	if out, err := master.Exec("WAIT", "1", "0"); err != nil || strings.TrimSpace(out) != "1" {
+		t.Fatalf("WAIT: %q %v", out, err)
+	}
+	if out, err := replica.Exec("REPLICAOF", "NO", "ONE"); err != nil {
+		t.Fatalf("promote: %q %v", out, err)
+	}
+	lost, err := old.PublishChannelKept(ctx, "room", []byte(`{"type":"channel"}`), keep)
+	if err != nil || lost.Offset != before.Offset+1 {
+		t.Fatalf("append acknowledged by the old master: %v %v", lost, err)
+	}
+	master.Kill()
+
+	promoted := storeAt(t, replica)
+	p, err := promoted.PublishChannelKept(ctx, "room", []byte(`{"type":"channel"}`), keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Epoch == before.Epoch {
+		t.Fatalf("after the promotion the stream goes on in epoch %s at %v: offset %d was handed out twice", before.Epoch, p, lost.Offset)
+	}
+	if p.Offset != 1 {
+		t.Fatalf("a new epoch starts at 1, got %v", p)
+	}
+	r, err := promoted.ReadHistory(ctx, HistoryRequest{Stream: Stream{Channel: "room"}, Limit: 10})
+	if err != nil || len(r[0].Entries) != 1 || r[0].Top != p {
+		t.Fatalf("the new epoch holds only its own entry: %+v %v", r, err)
+	}
+	// From now on the promoted Redis is the stream's writer: no new epoch.
+	p2, err := promoted.PublishChannelKept(ctx, "room", []byte(`{"type":"channel"}`), keep)
+	if err != nil || p2.Epoch != p.Epoch || p2.Offset != 2 {
+		t.Fatalf("next append: %v %v, want %s.2", p2, err, p.Epoch)
+	}
+}
+
+// A stream moved to another Redis that did not replace its writer (a
+// Cluster slot migrated, MIGRATE between masters; a restart that changed
+// the id) keeps its epoch and offsets: nothing of it was lost.
+func TestMovedStreamKeepsEpoch(t *testing.T) {
+	from, to := redistest.Start(t), redistest.Start(t)
+	ctx := context.Background()
+	keep := Keep{Size: 10, TTL: time.Minute}
+	src := storeAt(t, from)
+	var last wire.Position
+	for range 2 {
+		p, err := src.PublishChannelKept(ctx, "room", []byte(`{"type":"channel"}`), keep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = p
+	}
+	stream, meta := src.k.history(Stream{Channel: "room"})
+	if out, err := from.Exec("MIGRATE", "127.0.0.1", strconv.Itoa(to.Port), "", "0", "5000", "KEYS", stream, meta); err != nil || strings.TrimSpace(out) != "OK" {
+		t.Fatalf("MIGRATE: %q %v", out, err)
+	}
+	p, err := storeAt(t, to).PublishChannelKept(ctx, "room", []byte(`{"type":"channel"}`), keep)
+	if err != nil || p.Epoch != last.Epoch || p.Offset != last.Offset+1 {
+		t.Fatalf("after the move: %v %v, want %s.%d", p, err, last.Epoch, last.Offset+1)
 	}
 }
