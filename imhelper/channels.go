@@ -57,10 +57,11 @@ func (c *Client) LeaveChan(ctx context.Context, id string, chans ...string) erro
 }
 
 // JoinChanClients adds several clients to one channel (the by-channel form
-// of JoinChan). Options.CallTimeout bounds the whole call.
+// of JoinChan), one after the other; the first error ends it. Without a
+// deadline in ctx, Options.CallTimeout bounds each client's join, not the
+// whole call: a join is a few round trips, and a batch of thousands would
+// otherwise fail on a busy Redis however well each join went.
 func (c *Client) JoinChanClients(ctx context.Context, ch string, ids ...string) error {
-	ctx, cancel := bound(ctx, c.opt.CallTimeout)
-	defer cancel()
 	for _, id := range ids {
 		if err := c.JoinChan(ctx, id, ch); err != nil {
 			return err
@@ -69,10 +70,9 @@ func (c *Client) JoinChanClients(ctx context.Context, ch string, ids ...string) 
 	return nil
 }
 
-// LeaveChanClients removes several clients from one channel.
+// LeaveChanClients removes several clients from one channel; like
+// JoinChanClients, CallTimeout bounds each client's leave.
 func (c *Client) LeaveChanClients(ctx context.Context, ch string, ids ...string) error {
-	ctx, cancel := bound(ctx, c.opt.CallTimeout)
-	defer cancel()
 	for _, id := range ids {
 		if err := c.LeaveChan(ctx, id, ch); err != nil {
 			return err

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/imbroker/imbroker/internal/redistest"
@@ -87,4 +89,36 @@ func FuzzEncodePayload(f *testing.F) {
 			}
 		}
 	})
+}
+
+// CallTimeout bounds each client's join of JoinChanClients, not the whole
+// batch: a batch that takes longer than CallTimeout in all still succeeds
+// (the failover test's 1,000 joins once ran past 5 s on a loaded box).
+// The batch grows until it outlasts CallTimeout, so the test holds on a
+// fast machine as on a slow one.
+func TestJoinChanClientsBoundsEachJoin(t *testing.T) {
+	r := redistest.Start(t)
+	const timeout = time.Second
+	c, err := New(context.Background(), Options{RedisURL: r.URL(), CallTimeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for n := 1000; ; n *= 4 {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("u%d-%d", n, i)
+		}
+		start := time.Now()
+		if err := c.JoinChanClients(context.Background(), "room", ids...); err != nil {
+			t.Fatalf("%d joins: %v after %v", n, err, time.Since(start))
+		}
+		if took := time.Since(start); took > timeout {
+			t.Logf("%d joins took %v, CallTimeout %v", n, took.Round(time.Millisecond), timeout)
+			if err := c.LeaveChanClients(context.Background(), "room", ids...); err != nil {
+				t.Fatalf("%d leaves: %v", n, err)
+			}
+			return
+		}
+	}
 }
