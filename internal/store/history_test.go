@@ -325,6 +325,21 @@ func storeAt(t *testing.T, s *redistest.Server) *Redis {
 	return NewRedis(rc, Options{})
 }
 
+// keepInRoom sends n kept messages to channel "room" and returns the last
+// one's position.
+func keepInRoom(t *testing.T, st *Redis, n int, keep Keep) wire.Position {
+	t.Helper()
+	var last wire.Position
+	for range n {
+		p, err := st.PublishChannelKept(context.Background(), "room", []byte(`{"type":"channel"}`), keep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = p
+	}
+	return last
+}
+
 // A replica promoted while its master had acknowledged an append it never
 // received must not hand that offset out again: a node holding the lost
 // message's position would drop the new one as a duplicate, silently. The
@@ -338,14 +353,7 @@ func TestPromotedReplicaStartsNewEpoch(t *testing.T) {
 	ctx := context.Background()
 	keep := Keep{Size: 10, TTL: time.Minute}
 	old := storeAt(t, master)
-	var before wire.Position
-	for range 3 {
-		p, err := old.PublishChannelKept(ctx, "room", []byte(`{"type":"channel"}`), keep)
-		if err != nil {
-			t.Fatal(err)
-		}
-		before = p
-	}
+	before := keepInRoom(t, old, 3, keep)
 	// WAIT (without a bound: the condition itself) until the replica has
 	// the three appends.
 	if out, err := master.Exec("WAIT", "1", "0"); err != nil || strings.TrimSpace(out) != "1" {
@@ -390,14 +398,7 @@ func TestMovedStreamKeepsEpoch(t *testing.T) {
 	ctx := context.Background()
 	keep := Keep{Size: 10, TTL: time.Minute}
 	src := storeAt(t, from)
-	var last wire.Position
-	for range 2 {
-		p, err := src.PublishChannelKept(ctx, "room", []byte(`{"type":"channel"}`), keep)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last = p
-	}
+	last := keepInRoom(t, src, 2, keep)
 	stream, meta := src.k.history(Stream{Channel: "room"})
 	if out, err := from.Exec("MIGRATE", "127.0.0.1", strconv.Itoa(to.Port), "", "0", "5000", "KEYS", stream, meta); err != nil || strings.TrimSpace(out) != "OK" {
 		t.Fatalf("MIGRATE: %q %v", out, err)

@@ -57,12 +57,7 @@ func newTestStore(t *testing.T) *Redis {
 	if v, ok := clusterTests.Load(t); ok {
 		return storeOnCluster(t, v.(*redistest.Cluster))
 	}
-	rc, err := Dial(redistest.Start(t).URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rc.Close)
-	return NewRedis(rc, Options{})
+	return storeAt(t, redistest.Start(t))
 }
 
 // A client with sockets on two nodes stays online when one node lets go of
