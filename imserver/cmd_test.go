@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/imbroker/imbroker/internal/freeport"
 	"github.com/imbroker/imbroker/internal/redistest"
 )
 
@@ -48,7 +49,7 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 	// A port nothing listens on: the node cannot reach Redis.
-	if code, out := run(nil, "-listen", "127.0.0.1:0", "-redis-url", "redis://"+freeAddr(t)+"/0"); code != 1 || !strings.Contains(out, "failed to start") {
+	if code, out := run(nil, "-listen", "127.0.0.1:0", "-redis-url", "redis://"+freeport.Addr(t)+"/0"); code != 1 || !strings.Contains(out, "failed to start") {
 		t.Errorf("unreachable Redis: exit %d, output %q; want exit 1, failed to start", code, out)
 	}
 	_, help := run(nil, "-h")

@@ -65,11 +65,6 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
-// freeAddr is a loopback address for a node process to listen on, claimed
-// until the test ends (see freeport: a port from Listen(":0") could be taken
-// by an outgoing connection before the process binds it).
-func freeAddr(t testing.TB) string { return freeport.Addr(t) }
-
 // startProc starts a node process with the given extra flags and waits until
 // it reports ready.
 func (c *cluster) startProc(id string, extra ...string) *nodeProc {
@@ -81,7 +76,9 @@ func (c *cluster) startProc(id string, extra ...string) *nodeProc {
 // such as prlimit for a lowered descriptor limit.
 func (c *cluster) startProcUnder(wrapper []string, id string, extra ...string) *nodeProc {
 	c.t.Helper()
-	addr, admin := freeAddr(c.t), freeAddr(c.t)
+	// Ports claimed until the test ends: one from Listen(":0") could be
+	// taken by an outgoing connection before the process binds it.
+	addr, admin := freeport.Addr(c.t), freeport.Addr(c.t)
 	args := []string{"-listen", addr, "-admin-listen", admin, "-node-id", id, "-redis-url", c.url,
 		"-lease-ttl", "5s", "-probe-interval", "500ms", "-move-window", "1s", "-drain-window", "500ms",
 		"-connect-rate-per-source", "-1", // every test client dials from 127.0.0.1

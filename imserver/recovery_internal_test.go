@@ -15,6 +15,30 @@ import (
 	"github.com/imbroker/imbroker/internal/wire"
 )
 
+// pipeConn is a conn of s whose socket is one end of a pipe; everything the
+// socket writes is collected in out.
+func pipeConn(t *testing.T, s *Server, id string) (*conn, *lockedBuffer) {
+	t.Helper()
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	out := &lockedBuffer{}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := b.Read(buf)
+			_, _ = out.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	c := &conn{srv: s, w: s.newSockWriter(a), cl: &client{id: id}}
+	c.w.onSlow, c.w.onBroken = func() {}, func() {}
+	c.w.start()
+	t.Cleanup(func() { c.w.Close() })
+	return c, out
+}
+
 // A fill whose history read fails leaves the socket's position as a floor:
 // the socket is told recovered:false, a copy at or before the position (a
 // publish retried in a failover, a replay's live twin) is still dropped,
@@ -22,22 +46,8 @@ import (
 // starts a fill again. Forgetting the position instead let the failover
 // test's client get a message twice.
 func TestFailedFillKeepsDuplicateFloor(t *testing.T) {
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	go func() { // the peer reads whatever the socket writes
-		buf := make([]byte, 4096)
-		for {
-			if _, err := b.Read(buf); err != nil {
-				return
-			}
-		}
-	}()
 	s := &Server{cfg: Config{MaxQueueBytes: 1 << 20}, metrics: newMetrics(), hub: newHub()}
-	c := &conn{srv: s, w: s.newSockWriter(a), cl: &client{id: "c1"}}
-	c.w.onSlow, c.w.onBroken = func() {}, func() {}
-	c.w.start()
-	defer c.w.Close()
+	c, _ := pipeConn(t, s, "c1")
 
 	at := func(off uint64) wire.Position { return wire.Position{Epoch: "e1", Offset: off} }
 	frame := func(off uint64) heldFrame { return heldFrame{ch: "", p: at(off), f: outFrame{b: []byte("{}")}} }
@@ -71,30 +81,6 @@ func TestFailedFillKeepsDuplicateFloor(t *testing.T) {
 	if _, fill := c.admitLocked(frame(10), false); !fill {
 		t.Fatal("a gap once the stream was taken up again started no fill")
 	}
-}
-
-// pipeConn is a conn of s whose socket is one end of a pipe; everything the
-// socket writes is collected in out.
-func pipeConn(t *testing.T, s *Server, id string) (*conn, *lockedBuffer) {
-	t.Helper()
-	a, b := net.Pipe()
-	t.Cleanup(func() { a.Close(); b.Close() })
-	out := &lockedBuffer{}
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := b.Read(buf)
-			_, _ = out.Write(buf[:n])
-			if err != nil {
-				return
-			}
-		}
-	}()
-	c := &conn{srv: s, w: s.newSockWriter(a), cl: &client{id: id}}
-	c.w.onSlow, c.w.onBroken = func() {}, func() {}
-	c.w.start()
-	t.Cleanup(func() { c.w.Close() })
-	return c, out
 }
 
 // A live frame of a new epoch (the stream's Redis lost its history, e.g. a

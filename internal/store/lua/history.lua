@@ -2,9 +2,10 @@
 -- the one definition of a history stream. A stream's meta HASH holds its
 -- epoch (e), its last offset (o) and the replication id of the Redis that
 -- last wrote it (r); entry ids are "<offset>-0" and entries hold the frame
--- (f) and when it expires (x, unix ms on this server's clock). A meta without an epoch is a stream whose history is lost (or
--- never was): it starts a new epoch, and anything left of the old one is
--- deleted, so that offsets start again at 1 without clashing.
+-- (f) and when it expires (x, unix ms on this server's clock). A meta
+-- without an epoch is a stream whose history is lost (or never was): it
+-- starts a new epoch, and anything left of the old one is deleted, so that
+-- offsets start again at 1 without clashing.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -19,11 +20,15 @@ local function replid()
     replid_read = false
     local info = redis.pcall('INFO', 'replication')
     if type(info) == 'string' then
-      -- plain finds: a pattern match over the section costs more than INFO
-      local i = string.find(info, 'master_replid:', 1, true)
-      local j = string.find(info, 'master_replid2:', 1, true)
-      if i and j then
-        replid_read = {id = string.sub(info, i + 14, i + 53), prev = string.sub(info, j + 15, j + 54)}
+      -- a replication id is 40 hex digits after its field's name; plain
+      -- finds, as a pattern match over the section costs more than INFO
+      local function field(name)
+        local at = string.find(info, name, 1, true)
+        return at and string.sub(info, at + #name, at + #name + 39)
+      end
+      local id, prev = field('master_replid:'), field('master_replid2:')
+      if id and prev then
+        replid_read = {id = id, prev = prev}
       end
     end
   end
@@ -44,7 +49,7 @@ local function epoch_of(stream, meta, new_epoch, meta_ttl)
   local m = redis.call('HMGET', meta, 'e', 'r')
   local ep, r = m[1], m[2]
   local rid = replid()
-  if ep and rid and r and r ~= rid.id and r == rid.prev then
+  if ep and rid and r == rid.prev then
     ep = false
   end
   if not ep then
